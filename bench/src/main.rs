@@ -1,0 +1,2 @@
+//! `switchboard-load`: the Switchboard load harness.
+fn main() {}

@@ -1,0 +1,1 @@
+//! `g722` (placeholder until implemented).

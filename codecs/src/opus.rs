@@ -1,0 +1,1 @@
+//! `opus` (placeholder until implemented).

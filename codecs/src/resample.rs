@@ -1,0 +1,1 @@
+//! `resample` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `telephone_event` (placeholder until implemented).

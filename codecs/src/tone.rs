@@ -1,0 +1,1 @@
+//! `tone` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `vad` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `wav` (placeholder until implemented).
