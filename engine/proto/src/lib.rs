@@ -5,3 +5,13 @@
 //! argument, and every type is driven by `handle_*` calls and drained with `poll_*`.
 
 #![warn(missing_docs)]
+
+pub mod bencode;
+pub mod ng;
+pub mod relay;
+pub mod rtcp;
+pub mod rtp;
+pub mod sdp;
+pub mod session;
+pub mod stats;
+pub mod time;

@@ -1,0 +1,1 @@
+//! `bencode` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `ng` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `rtcp` (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! `rtp` (placeholder until implemented).
