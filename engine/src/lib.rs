@@ -1,6 +1,12 @@
 //! # switchboard-engine
 //!
-//! The Switchboard media and routing engine: configuration, the runtime (`rt`), control
-//! servers and the `switchboard` binary's commands.
+//! The Switchboard media and routing engine: configuration, the runtime ([`rt`]: the only
+//! I/O on the media path), control servers and the `switchboard` binary's commands.
+//!
+//! See `docs/architecture.md` for the threads, who owns which state and the message paths.
 
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod rt;
+pub mod serve;

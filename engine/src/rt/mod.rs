@@ -1,0 +1,1 @@
+//! The runtime: the only I/O in the engine. Placeholder until implemented.
