@@ -4,6 +4,9 @@
 //! Needs `ffmpeg` and `espeak-ng` on the PATH; the test panics naming the missing tool
 //! rather than passing without checking anything.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -273,7 +276,7 @@ fn compare(name: &str, pcm: &[i16]) -> Comparison {
 }
 
 #[test]
-fn g722_matches_ffmpeg_on_speech_and_sweep() {
+fn g722_matches_ffmpeg_on_speech_sweep_and_full_scale() {
     require_tool("ffmpeg", "-version");
     require_tool("espeak-ng", "--version");
 

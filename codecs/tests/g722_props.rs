@@ -1,5 +1,8 @@
 //! Property tests of the G.722 codec: streaming invariance and robustness.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use switchboard_codecs::g722::{G722Decoder, G722Encoder};
 
@@ -8,7 +11,7 @@ proptest! {
 
     /// Encoding in pieces gives the same bitstream as encoding at once, whatever the split.
     #[test]
-    fn encoding_is_split_invariant(
+    fn g722_encoding_is_split_invariant(
         pcm in proptest::collection::vec(any::<i16>(), 0..2000),
         split in 0usize..1000,
     ) {
@@ -27,7 +30,7 @@ proptest! {
 
     /// Any bytes decode to two samples each, in pieces or at once, without panicking.
     #[test]
-    fn decoding_any_bytes_is_split_invariant(
+    fn g722_decoding_any_bytes_is_split_invariant(
         data in proptest::collection::vec(any::<u8>(), 0..1000),
         split in 0usize..1000,
     ) {
