@@ -11,6 +11,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::rt::DriverKind;
+
 /// Largest configuration file accepted, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -50,43 +52,6 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
-}
-
-/// Which I/O driver the media workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum DriverChoice {
-    /// io_uring where the kernel allows it, epoll otherwise.
-    #[default]
-    Auto,
-    /// io_uring only; start-up fails where it is unavailable.
-    IoUring,
-    /// epoll with `recvmmsg`/`sendmmsg`.
-    Epoll,
-}
-
-impl FromStr for DriverChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "io_uring" | "io-uring" | "uring" => Ok(Self::IoUring),
-            "epoll" => Ok(Self::Epoll),
-            other => Err(format!(
-                "unknown driver `{other}` (expected auto, io_uring or epoll)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for DriverChoice {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::IoUring => "io_uring",
-            Self::Epoll => "epoll",
-        })
-    }
 }
 
 /// A media interface: the address sockets bind to, the address advertised in SDP, and an
@@ -181,7 +146,7 @@ pub struct MediaSection {
     /// Media worker threads; 0 means one per core.
     pub workers: Option<u32>,
     /// `auto`, `io_uring` or `epoll`.
-    pub driver: Option<DriverChoice>,
+    pub driver: Option<DriverKind>,
     /// Seconds without media before a call is torn down.
     pub timeout: Option<u64>,
     /// Seconds a released port pair stays unused.
@@ -250,7 +215,7 @@ pub struct Config {
     /// Media worker threads (at least 1).
     pub workers: usize,
     /// I/O driver choice.
-    pub driver: DriverChoice,
+    pub driver: DriverKind,
     /// Media timeout in seconds.
     pub timeout_s: u64,
     /// Port quarantine in seconds.
@@ -295,7 +260,7 @@ pub struct Overrides {
     /// `--workers`
     pub workers: Option<u32>,
     /// `--driver`
-    pub driver: Option<DriverChoice>,
+    pub driver: Option<DriverKind>,
     /// `--timeout`
     pub timeout: Option<u64>,
     /// `--state-dir`
@@ -397,10 +362,11 @@ impl Config {
         let interfaces = ifaces
             .iter()
             .map(|s| {
-                s.parse::<Interface>().map_err(|message| ConfigError::Invalid {
-                    key: "media.interfaces",
-                    message,
-                })
+                s.parse::<Interface>()
+                    .map_err(|message| ConfigError::Invalid {
+                        key: "media.interfaces",
+                        message,
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let port_min = port(
@@ -436,7 +402,7 @@ impl Config {
             }
             n => n as usize,
         };
-        let pairs = usize::from((port_max - port_min_even + 1) / 2);
+        let pairs = usize::from((port_max - port_min_even).div_ceil(2));
         if pairs < workers {
             return Err(ConfigError::Invalid {
                 key: "media.port_max",
@@ -511,10 +477,7 @@ impl Config {
                 .media
                 .port_quarantine
                 .unwrap_or(defaults::PORT_QUARANTINE_S),
-            delete_delay_s: file
-                .media
-                .delete_delay
-                .unwrap_or(defaults::DELETE_DELAY_S),
+            delete_delay_s: file.media.delete_delay.unwrap_or(defaults::DELETE_DELAY_S),
             drain_grace_s: file.media.drain_grace.unwrap_or(defaults::DRAIN_GRACE_S),
             listen_ng,
             listen_control,
@@ -586,7 +549,7 @@ mod tests {
         assert_eq!(c.port_min, 30000);
         assert_eq!(c.port_max, 39999);
         assert!(c.workers >= 1);
-        assert_eq!(c.driver, DriverChoice::Auto);
+        assert_eq!(c.driver, DriverKind::Auto);
     }
 
     #[test]
@@ -637,7 +600,7 @@ mod tests {
     fn overrides_win() {
         let ov = Overrides {
             listen_ng: Some("127.0.0.1:9999".into()),
-            driver: Some(DriverChoice::Epoll),
+            driver: Some(DriverKind::Epoll),
             workers: Some(3),
             ..Overrides::default()
         };
@@ -647,7 +610,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen_ng.port(), 9999);
-        assert_eq!(c.driver, DriverChoice::Epoll);
+        assert_eq!(c.driver, DriverKind::Epoll);
         assert_eq!(c.workers, 3);
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use switchboard_engine::config::{Config, DriverChoice, Overrides};
+use switchboard_engine::config::{Config, DriverKind, Overrides};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,7 +56,7 @@ struct ServeArgs {
     workers: Option<u32>,
     /// I/O driver: auto, io_uring or epoll.
     #[arg(long)]
-    driver: Option<DriverChoice>,
+    driver: Option<DriverKind>,
     /// Seconds without media before a call is torn down.
     #[arg(long)]
     timeout: Option<u64>,

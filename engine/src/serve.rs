@@ -1,12 +1,25 @@
 //! `switchboard serve`: start the engine with a validated [`Config`] and run until a signal.
 //!
-//! SIGINT and SIGTERM both stop the process cleanly; SIGTERM first drains (no new calls,
-//! existing calls keep flowing for `media.drain_grace` seconds).
+//! Start-up order: media workers (each opens its I/O driver on its own thread), the port
+//! allocator, the control task, then the listeners (NG UDP+TCP, native TCP+Unix, HTTP). A
+//! listener that cannot bind stops start-up with a clear error.
+//!
+//! SIGINT stops at once. SIGTERM drains: new calls are refused (`/healthz` answers 503),
+//! existing calls keep flowing until they end or `media.drain_grace` passes, then the process
+//! exits.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tracing::info;
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::control::{self, HubConfig, ports::EnginePorts};
+use crate::metrics::{ControlMetrics, Metrics, WorkerMetrics};
+use crate::rt::DriverOptions;
+use crate::worker::{self, DROP_LABELS, WorkerConfig};
 
 /// How the process was asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,18 +49,187 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             config.state_dir.display()
         )
     })?;
+    let epoch = Instant::now();
+    let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(4096);
+    let mut workers = Vec::with_capacity(config.workers);
+    let mut worker_metrics = Vec::with_capacity(config.workers);
+    let pin = config.workers <= std::thread::available_parallelism().map_or(1, |n| n.get());
+    for index in 0..config.workers {
+        let m = Arc::new(WorkerMetrics::new(index, &DROP_LABELS));
+        let handle = worker::spawn(
+            WorkerConfig {
+                index,
+                driver: config.driver,
+                options: DriverOptions::default(),
+                pin,
+                epoch,
+            },
+            m.clone(),
+            ev_tx.clone(),
+        )
+        .with_context(|| {
+            format!(
+                "starting media worker {index} with driver {}",
+                config.driver
+            )
+        })?;
+        info!(worker = index, driver = %handle.driver, "media worker started");
+        workers.push(handle);
+        worker_metrics.push(m);
+    }
+    let ports = EnginePorts::new(
+        config.interfaces.clone(),
+        config.port_min,
+        config.port_max,
+        config.workers,
+        Duration::from_secs(config.port_quarantine_s),
+    )
+    .context("partitioning the media port range")?;
+    let metrics = Metrics {
+        workers: worker_metrics.into(),
+        control: Arc::new(ControlMetrics::default()),
+    };
+
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .thread_name("sb-control")
         .enable_all()
         .build()
         .context("starting the control runtime")?;
     rt.block_on(async move {
         info!(config = %config.summary(), "switchboard starting");
+        let (hub, hub_task) = control::start(
+            HubConfig {
+                media_timeout: Duration::from_secs(config.timeout_s),
+                delete_delay: Duration::from_secs(config.delete_delay_s),
+                control_token: config.control_token.clone(),
+                http_token: config.http_token.clone(),
+                epoch,
+            },
+            ports,
+            workers,
+            metrics,
+            ev_rx,
+        );
+
+        let ng_udp = UdpSocket::bind(config.listen_ng)
+            .await
+            .with_context(|| format!("binding NG UDP {}", config.listen_ng))?;
+        let ng_tcp = TcpListener::bind(config.listen_ng)
+            .await
+            .with_context(|| format!("binding NG TCP {}", config.listen_ng))?;
+        let ctl_tcp = TcpListener::bind(config.listen_control)
+            .await
+            .with_context(|| format!("binding native control {}", config.listen_control))?;
+        let http = TcpListener::bind(config.listen_http)
+            .await
+            .with_context(|| format!("binding HTTP {}", config.listen_http))?;
+        let ctl_unix = match &config.control_unix {
+            Some(path) => {
+                // A socket file left by an earlier run is replaced; anything else is an error.
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt as _;
+                    if meta.file_type().is_socket() {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+                Some(
+                    UnixListener::bind(path)
+                        .with_context(|| format!("binding control socket {}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+
+        tokio::spawn(control::ng::serve_udp(hub.clone(), ng_udp));
+        tokio::spawn(control::ng::serve_tcp(hub.clone(), ng_tcp));
+        tokio::spawn(serve_native_tcp(hub.clone(), ctl_tcp));
+        if let Some(l) = ctl_unix {
+            tokio::spawn(serve_native_unix(hub.clone(), l));
+        }
+        let app = crate::http::router(hub.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(http, app).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        info!(
+            ng = %config.listen_ng,
+            control = %config.listen_control,
+            http = %config.listen_http,
+            "switchboard ready"
+        );
+
         let sig = wait_for_signal().await?;
+        if sig == StopSignal::Terminate {
+            hub.start_draining();
+            let grace = Duration::from_secs(config.drain_grace_s);
+            info!(
+                grace_s = config.drain_grace_s,
+                "SIGTERM: draining (no new calls)"
+            );
+            let until = Instant::now() + grace;
+            let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("installing the SIGINT handler")?;
+            loop {
+                let calls = hub
+                    .call_list()
+                    .await
+                    .ok()
+                    .and_then(|v| v["calls"].as_array().map(Vec::len))
+                    .unwrap_or(0);
+                if calls == 0 || Instant::now() >= until {
+                    info!(calls, "drain finished");
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = int.recv() => break,
+                }
+            }
+        }
         info!(?sig, "stopping");
+        drop(hub);
+        hub_task.abort();
+        if let Some(path) = &config.control_unix {
+            let _ = std::fs::remove_file(path);
+        }
         anyhow::Ok(())
     })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
     info!("stopped");
     Ok(())
+}
+
+async fn serve_native_tcp(hub: control::Hub, l: TcpListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                let hub = hub.clone();
+                let needs = hub.control_needs_token();
+                tokio::spawn(control::native::serve_connection(hub, s, needs));
+            }
+            Err(e) => {
+                warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_native_unix(hub: control::Hub, l: UnixListener) {
+    loop {
+        match l.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(control::native::serve_connection(hub.clone(), s, false));
+            }
+            Err(e) => {
+                warn!(error = %e, "control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }

@@ -1,1 +1,0 @@
-//! `ng` (placeholder until implemented).

@@ -1,1 +1,0 @@
-//! `sdp` (placeholder until implemented).

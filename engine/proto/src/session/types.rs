@@ -1,0 +1,389 @@
+//! The interfaces between the NG call state and the engine: port allocation, media commands,
+//! statistics.
+
+use std::net::{IpAddr, SocketAddr};
+
+use thiserror::Error;
+
+use crate::ng::AddressFamily;
+use crate::sdp::Direction;
+
+/// Wall-clock time in microseconds since the Unix epoch, passed in by the runtime (NG replies
+/// report wall-clock seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct UnixMicros(pub u64);
+
+impl UnixMicros {
+    /// Whole seconds.
+    #[must_use]
+    pub fn secs(self) -> u64 {
+        self.0 / 1_000_000
+    }
+
+    /// The microseconds within the second.
+    #[must_use]
+    pub fn subsec_micros(self) -> u64 {
+        self.0 % 1_000_000
+    }
+}
+
+/// One allocated RTP/RTCP port pair on a local address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LocalPair {
+    /// The address advertised in SDP for this pair (the interface's, or its advertised alias).
+    pub address: IpAddr,
+    /// Even RTP port.
+    pub rtp_port: u16,
+    /// RTCP port (normally `rtp_port + 1`).
+    pub rtcp_port: u16,
+    /// The media worker that owns the pair's sockets.
+    pub worker: usize,
+}
+
+impl LocalPair {
+    /// The address family of the pair.
+    #[must_use]
+    pub fn family(&self) -> AddressFamily {
+        AddressFamily::of(&self.address)
+    }
+}
+
+/// Why no port pair could be allocated.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PortError {
+    /// Every pair is in use or in quarantine.
+    #[error("no free port pair")]
+    Exhausted,
+    /// The `direction` option named an interface that does not exist.
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+}
+
+/// Port usage of one interface, for the `statistics` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceUsage {
+    /// Logical interface name.
+    pub name: String,
+    /// Its address.
+    pub address: IpAddr,
+    /// Lowest port of the range.
+    pub min: u16,
+    /// Highest port of the range.
+    pub max: u16,
+    /// Ports in use.
+    pub used: u32,
+    /// Ports free.
+    pub free: u32,
+    /// Last port handed out.
+    pub last: u16,
+}
+
+/// Port allocation, implemented by the engine. Calls come from
+/// [`Sessions`](super::Sessions) while it handles a request; a pair is released exactly once,
+/// through [`release_pair`](Self::release_pair), when its media or call goes away (also when a
+/// request fails half-way: nothing leaks).
+pub trait PortAllocator {
+    /// Allocates a pair for `call_id` in `family` on the logical `interface` (`None`: the
+    /// default). An engine without that family may return a pair of the other one. All pairs of
+    /// one call should belong to the same worker.
+    fn allocate_pair(
+        &mut self,
+        call_id: &str,
+        family: AddressFamily,
+        interface: Option<&str>,
+    ) -> Result<LocalPair, PortError>;
+
+    /// Gives a pair back.
+    fn release_pair(&mut self, call_id: &str, pair: &LocalPair);
+
+    /// The address advertised for `family` on `interface`, used for SDP lines when no pair is
+    /// allocated (every stream rejected).
+    fn address(&self, family: AddressFamily, interface: Option<&str>) -> Option<IpAddr>;
+
+    /// Port usage per interface, for `statistics`.
+    fn usage(&self) -> Vec<InterfaceUsage> {
+        Vec::new()
+    }
+}
+
+/// Where a party sends from and expects media: taken from its SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RemoteEndpoint {
+    /// RTP address and port.
+    pub rtp: SocketAddr,
+    /// RTCP address and port (the RTP one with rtcp-mux).
+    pub rtcp: SocketAddr,
+}
+
+/// One party's side of a relayed media stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSide {
+    /// The party's NG tag (empty while the callee is not known yet).
+    pub tag: String,
+    /// The relay ports this party talks to: packets from it arrive here, packets to it leave
+    /// from here (symmetric RTP).
+    pub local: LocalPair,
+    /// The party's address from its SDP; `None` until it sent SDP, or while on hold (`0.0.0.0`
+    /// or port 0). With learning enabled the engine replaces it with the source of the first
+    /// packets.
+    pub remote: Option<RemoteEndpoint>,
+    /// RTCP shares the RTP port with this party.
+    pub rtcp_mux: bool,
+    /// `strict source`: drop packets not from `remote` (or the learned address).
+    pub strict_source: bool,
+    /// Learn the party's address from its packets (`symmetric`, the default); false with
+    /// `asymmetric`.
+    pub learn_address: bool,
+    /// `media handover`: let the learned address change mid-call.
+    pub media_handover: bool,
+    /// The party's SDP direction (`sendonly`: it only sends).
+    pub direction: Direction,
+    /// Payload types the party negotiated (empty for non-RTP media).
+    pub payload_types: Vec<u8>,
+}
+
+/// Whether the stream carries RTP or opaque datagrams (e.g. `udptl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayKind {
+    /// RTP with RTCP.
+    Rtp,
+    /// Any other datagrams, relayed unchanged on the RTP port pair.
+    Opaque,
+}
+
+/// A bidirectional relay between two parties for one media section: packets received on
+/// `sides[0].local` go out from `sides[1].local` to `sides[1]`'s address, and the other way
+/// round. A relay is identified by its two local pairs; a later `SetRelay` with the same pairs
+/// updates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySpec {
+    /// The NG call-id.
+    pub call_id: String,
+    /// 1-based index of the media section.
+    pub media_index: usize,
+    /// RTP or opaque.
+    pub kind: RelayKind,
+    /// The two parties, the one that created the media first.
+    pub sides: [StreamSide; 2],
+}
+
+/// What the media plane must do after a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MediaCommand {
+    /// Create the relay or update it (remote addresses, rtcp-mux, flags).
+    SetRelay(Box<RelaySpec>),
+    /// Stop relaying one media section and close these pairs (already released to the
+    /// allocator).
+    RemoveRelay {
+        /// The NG call-id.
+        call_id: String,
+        /// 1-based index of the media section.
+        media_index: usize,
+        /// The pairs to close.
+        pairs: Vec<LocalPair>,
+    },
+    /// The call is gone: close every pair of it (already released to the allocator).
+    DeleteCall {
+        /// The NG call-id.
+        call_id: String,
+        /// The pairs to close.
+        pairs: Vec<LocalPair>,
+    },
+}
+
+/// Counters of one stream, as the media plane sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamStats {
+    /// Packets received.
+    pub packets: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Packets dropped as malformed or unexpected.
+    pub errors: u64,
+    /// When the last packet arrived.
+    pub last_packet: Option<UnixMicros>,
+    /// The address learned from the packets, if any.
+    pub learned: Option<SocketAddr>,
+}
+
+/// Engine-wide media counters, for `statistics`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GlobalStats {
+    /// Packets relayed since start.
+    pub packets: u64,
+    /// Bytes relayed since start.
+    pub bytes: u64,
+    /// Packets dropped since start.
+    pub errors: u64,
+    /// Current packets per second.
+    pub packet_rate: u64,
+    /// Current bytes per second.
+    pub byte_rate: u64,
+    /// Current errors per second.
+    pub error_rate: u64,
+    /// Streams that carried no packets either way at their end.
+    pub zero_way_streams: u64,
+    /// Streams that carried packets one way only at their end.
+    pub one_way_streams: u64,
+}
+
+/// Where `query`, `delete` and `statistics` replies get media counters from; implemented by
+/// the engine (for example over a snapshot the workers publish). Streams are identified by the
+/// call and the local address and port they are received on.
+pub trait StatsSource {
+    /// Counters of the stream received on `local` for `call_id`.
+    fn stream(&self, call_id: &str, local: SocketAddr) -> Option<StreamStats>;
+
+    /// Engine-wide counters.
+    fn global(&self) -> GlobalStats {
+        GlobalStats::default()
+    }
+}
+
+/// A [`StatsSource`] without data: every counter reads zero.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStats;
+
+impl StatsSource for NoStats {
+    fn stream(&self, _call_id: &str, _local: SocketAddr) -> Option<StreamStats> {
+        None
+    }
+}
+
+/// A [`StatsSource`] over a map the engine fills (for example from counters pushed by workers).
+#[derive(Debug, Clone, Default)]
+pub struct StatsSnapshot {
+    /// Per-stream counters by (call-id, local address).
+    pub streams: std::collections::HashMap<(String, SocketAddr), StreamStats>,
+    /// Engine-wide counters.
+    pub global: GlobalStats,
+}
+
+impl StatsSource for StatsSnapshot {
+    fn stream(&self, call_id: &str, local: SocketAddr) -> Option<StreamStats> {
+        self.streams.get(&(call_id.to_owned(), local)).copied()
+    }
+
+    fn global(&self) -> GlobalStats {
+        self.global
+    }
+}
+
+/// Why a call ended, for `statistics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndReason {
+    /// `delete` (after its delay).
+    Deleted,
+    /// No media for the configured timeout.
+    Timeout,
+    /// Only silence / no media after the final timeout.
+    FinalTimeout,
+    /// Offer never answered in time.
+    OfferTimeout,
+    /// Removed by the operator or on shutdown.
+    Forced,
+}
+
+/// A simple in-memory [`PortAllocator`] over one port range: never-used pairs first, in order,
+/// then released pairs, lowest first. For tests, benchmarks and tools; the engine has its own
+/// per-worker allocator with quarantine.
+#[derive(Debug, Clone)]
+pub struct RangePorts {
+    ipv4: Option<IpAddr>,
+    ipv6: Option<IpAddr>,
+    min: u16,
+    max: u16,
+    next: u16,
+    free: std::collections::BTreeSet<u16>,
+    used: std::collections::HashSet<u16>,
+    last: u16,
+}
+
+impl RangePorts {
+    /// Pairs from `[min, max]` (the first even port up) on the given addresses; at least one
+    /// address must be given for allocations to succeed.
+    #[must_use]
+    pub fn new(ipv4: Option<IpAddr>, ipv6: Option<IpAddr>, min: u16, max: u16) -> Self {
+        let first = min.saturating_add(min % 2);
+        RangePorts {
+            ipv4,
+            ipv6,
+            min,
+            max,
+            next: first,
+            free: std::collections::BTreeSet::new(),
+            used: std::collections::HashSet::new(),
+            last: 0,
+        }
+    }
+
+    /// Pairs currently allocated.
+    #[must_use]
+    pub fn in_use(&self) -> usize {
+        self.used.len()
+    }
+}
+
+impl PortAllocator for RangePorts {
+    fn allocate_pair(
+        &mut self,
+        _call_id: &str,
+        family: AddressFamily,
+        interface: Option<&str>,
+    ) -> Result<LocalPair, PortError> {
+        let address = self
+            .address(family, interface)
+            .ok_or(PortError::Exhausted)?;
+        let port = if self.next < self.max && self.next != 0 {
+            let p = self.next;
+            self.next = self.next.checked_add(2).unwrap_or(0);
+            p
+        } else if let Some(p) = self.free.pop_first() {
+            p
+        } else {
+            return Err(PortError::Exhausted);
+        };
+        self.used.insert(port);
+        self.last = port;
+        Ok(LocalPair {
+            address,
+            rtp_port: port,
+            rtcp_port: port + 1,
+            worker: 0,
+        })
+    }
+
+    fn release_pair(&mut self, _call_id: &str, pair: &LocalPair) {
+        if self.used.remove(&pair.rtp_port) {
+            self.free.insert(pair.rtp_port);
+        }
+    }
+
+    fn address(&self, family: AddressFamily, _interface: Option<&str>) -> Option<IpAddr> {
+        match family {
+            AddressFamily::Ip4 => self.ipv4.or(self.ipv6),
+            AddressFamily::Ip6 => self.ipv6.or(self.ipv4),
+        }
+    }
+
+    fn usage(&self) -> Vec<InterfaceUsage> {
+        let total = u32::from(self.max.saturating_sub(self.min)) + 1;
+        let used = u32::try_from(self.used.len() * 2).unwrap_or(u32::MAX);
+        self.ipv4
+            .iter()
+            .chain(&self.ipv6)
+            .map(|a| InterfaceUsage {
+                name: "default".to_owned(),
+                address: *a,
+                min: self.min,
+                max: self.max,
+                used,
+                free: total.saturating_sub(used),
+                last: self.last,
+            })
+            .collect()
+    }
+}

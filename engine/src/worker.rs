@@ -1,0 +1,755 @@
+//! Media workers: one thread per core, each owning an I/O driver, the sockets of its calls
+//! and the calls themselves (their [`Relay`]s).
+//!
+//! The control thread talks to a worker through a bounded lock-free channel of [`Command`]s
+//! plus the driver's [`Waker`]; answers come back on the one-shot channel carried by the
+//! command, and unsolicited [`WorkerEvent`]s (media timeouts) on a bounded event channel.
+//!
+//! Per datagram the worker does a table lookup from the driver's port token to (call, leg,
+//! component), lets the call's relay decide, and queues the very same bytes on the target
+//! leg's socket. No allocation, no lock, no syscall of its own: the driver batches the I/O.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender, TrySendError};
+use switchboard_proto::relay::{
+    Component, LegConfig, LegId, Relay, RelayConfig, RelayEvent, RelayOutput,
+};
+use switchboard_proto::stats::DropReason;
+use switchboard_proto::time::Micros;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::metrics::WorkerMetrics;
+use crate::rt::{self, Driver, DriverKind, DriverOptions, PortToken, Waker};
+
+/// The control plane's name for a call on a worker.
+pub type CallKey = u64;
+/// The control plane's name for a leg within a call.
+pub type LegKey = u32;
+
+/// Commands queued per worker before the control plane is told the worker is busy.
+pub const COMMAND_QUEUE: usize = 4096;
+/// Most commands handled per loop turn, so a burst of signalling never starves media.
+const COMMANDS_PER_TURN: usize = 256;
+/// How often timers are swept and counters published.
+const SWEEP: Duration = Duration::from_millis(250);
+
+/// Drop reasons counted by a worker: the relay's, then the worker's own.
+pub const DROP_LABELS: [&str; DropReason::COUNT + 3] = {
+    let mut out = [""; DropReason::COUNT + 3];
+    let mut i = 0;
+    while i < DropReason::COUNT {
+        out[i] = DropReason::ALL[i].as_str();
+        i += 1;
+    }
+    out[DropReason::COUNT] = DROP_UNKNOWN_PORT_LABEL;
+    out[DropReason::COUNT + 1] = DROP_SEND_QUEUE_LABEL;
+    out[DropReason::COUNT + 2] = DROP_SEND_REFUSED_LABEL;
+    out
+};
+const DROP_UNKNOWN_PORT_LABEL: &str = "unknown_port";
+const DROP_SEND_QUEUE_LABEL: &str = "send_queue_full";
+const DROP_SEND_REFUSED_LABEL: &str = "send_refused";
+const DROP_UNKNOWN_PORT: usize = DropReason::COUNT;
+const DROP_SEND_QUEUE: usize = DropReason::COUNT + 1;
+const DROP_SEND_REFUSED: usize = DropReason::COUNT + 2;
+
+/// A request to a worker.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Command {
+    /// Creates an empty call.
+    CreateCall {
+        /// The call.
+        call: CallKey,
+        /// Media timeout.
+        timeout: Duration,
+    },
+    /// Adds a leg with its two bound sockets (RTP, RTCP).
+    AddLeg {
+        /// The call.
+        call: CallKey,
+        /// The leg's name.
+        leg: LegKey,
+        /// Where and how to relay.
+        config: LegConfig,
+        /// RTP socket.
+        rtp: UdpSocket,
+        /// RTCP socket.
+        rtcp: UdpSocket,
+    },
+    /// Changes a leg's remote side (answer, re-INVITE).
+    UpdateLeg {
+        /// The call.
+        call: CallKey,
+        /// The leg.
+        leg: LegKey,
+        /// The new settings.
+        config: LegConfig,
+    },
+    /// Relays media between two legs, both ways.
+    Connect {
+        /// The call.
+        call: CallKey,
+        /// One leg.
+        a: LegKey,
+        /// The other.
+        b: LegKey,
+    },
+    /// Blocks or unblocks media from a leg.
+    Block {
+        /// The call.
+        call: CallKey,
+        /// The leg.
+        leg: LegKey,
+        /// Blocked or not.
+        blocked: bool,
+    },
+    /// Removes a call and closes its sockets; answers with its final statistics.
+    DeleteCall {
+        /// The call.
+        call: CallKey,
+        /// Where the statistics go, if anyone waits for them.
+        reply: Option<oneshot::Sender<Option<CallStats>>>,
+    },
+    /// Reports a call's statistics.
+    Query {
+        /// The call.
+        call: CallKey,
+        /// Where they go.
+        reply: oneshot::Sender<Option<CallStats>>,
+    },
+    /// Answers once every earlier command has been applied.
+    Barrier {
+        /// Signalled when reached.
+        reply: oneshot::Sender<()>,
+    },
+    /// Ends the worker thread.
+    Shutdown,
+}
+
+/// Something a worker reports without being asked.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum WorkerEvent {
+    /// No media on the call for its timeout; the worker has already removed it.
+    MediaTimeout {
+        /// The call.
+        call: CallKey,
+        /// The worker.
+        worker: usize,
+        /// Final statistics.
+        stats: Box<CallStats>,
+    },
+}
+
+/// Receive statistics of one stream (RTP or RTCP) of a leg.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct StreamStats {
+    /// Packets received.
+    pub packets: u64,
+    /// Bytes received.
+    pub bytes: u64,
+    /// Malformed packets.
+    pub errors: u64,
+    /// Last packet, µs on the engine's clock.
+    pub last_packet_us: Option<u64>,
+}
+
+/// Statistics of one leg.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LegStats {
+    /// The control plane's name for the leg.
+    pub key: LegKey,
+    /// Local RTP address.
+    pub local_rtp: Option<SocketAddr>,
+    /// Where this leg's media is sent now (learned or from SDP).
+    pub remote_rtp: Option<SocketAddr>,
+    /// RTP received from this leg.
+    pub rtp: StreamStats,
+    /// RTCP received from this leg.
+    pub rtcp: StreamStats,
+    /// Packets lost from this leg (RFC 3550 A.3).
+    pub lost: i64,
+    /// Interarrival jitter, ms (RFC 3550 A.8).
+    pub jitter_ms: f64,
+    /// Round-trip time from RTCP, ms.
+    pub rtt_ms: Option<f64>,
+    /// MOS estimate (E-model).
+    pub mos: Option<f64>,
+    /// Packets dropped on this leg.
+    pub dropped: u64,
+}
+
+/// Statistics of one call.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CallStats {
+    /// Created, µs on the engine's clock.
+    pub created_us: u64,
+    /// Last media, µs on the engine's clock.
+    pub last_activity_us: u64,
+    /// The legs.
+    pub legs: Vec<LegStats>,
+}
+
+/// The control plane's handle on a worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    /// Index.
+    pub index: usize,
+    /// The driver the worker ended up with (after fallback).
+    pub driver: DriverKind,
+    tx: Sender<Command>,
+    waker: Waker,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The worker is gone or its queue is full.
+#[derive(Debug, thiserror::Error)]
+#[error("media worker {worker} is {what}")]
+pub struct WorkerBusy {
+    /// Which worker.
+    pub worker: usize,
+    /// `busy` or `gone`.
+    pub what: &'static str,
+}
+
+impl WorkerHandle {
+    /// Queues a command and wakes the worker. Never blocks.
+    pub fn send(&self, cmd: Command) -> Result<(), WorkerBusy> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(WorkerBusy {
+                worker: self.index,
+                what: "busy",
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(WorkerBusy {
+                worker: self.index,
+                what: "gone",
+            }),
+        }
+    }
+
+    /// Asks the worker to stop and waits for its thread.
+    pub fn shutdown(&mut self) {
+        let _ = self
+            .tx
+            .send_timeout(Command::Shutdown, Duration::from_secs(1));
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Where a port token leads.
+#[derive(Debug, Clone, Copy)]
+struct PortRoute {
+    call_slot: u32,
+    leg: LegId,
+    component: Component,
+}
+
+#[derive(Debug)]
+struct LegEntry {
+    key: LegKey,
+    id: LegId,
+    rtp: PortToken,
+    rtcp: PortToken,
+}
+
+#[derive(Debug)]
+struct CallEntry {
+    key: CallKey,
+    relay: Relay,
+    legs: Vec<LegEntry>,
+}
+
+impl CallEntry {
+    fn token(&self, leg: LegId, component: Component) -> Option<PortToken> {
+        self.legs
+            .iter()
+            .find(|l| l.id == leg)
+            .map(|l| match component {
+                Component::Rtp => l.rtp,
+                Component::Rtcp => l.rtcp,
+            })
+    }
+
+    fn stats(&self, driver: &impl Driver) -> CallStats {
+        let legs = self
+            .legs
+            .iter()
+            .filter_map(|l| {
+                let r = self.relay.leg(l.id)?;
+                let rtp = r.rtp_stats();
+                let rtcp = r.rtcp_stats();
+                Some(LegStats {
+                    key: l.key,
+                    local_rtp: driver.local_addr(l.rtp),
+                    remote_rtp: r.destination(Component::Rtp).map(|(_, a)| a),
+                    rtp: StreamStats {
+                        packets: rtp.packets(),
+                        bytes: rtp.bytes(),
+                        errors: rtp.errors(),
+                        last_packet_us: rtp.last_packet().map(|m| m.0),
+                    },
+                    rtcp: StreamStats {
+                        packets: rtcp.packets(),
+                        bytes: rtcp.bytes(),
+                        errors: rtcp.errors(),
+                        last_packet_us: rtcp.last_packet().map(|m| m.0),
+                    },
+                    lost: rtp.lost(),
+                    jitter_ms: rtp.jitter_ms(),
+                    rtt_ms: rtcp.rtt().map(|d| d.as_secs_f64() * 1000.0),
+                    mos: r.mos(),
+                    dropped: r.drops().total(),
+                })
+            })
+            .collect();
+        CallStats {
+            created_us: self.relay.created().0,
+            last_activity_us: self.relay.last_activity().0,
+            legs,
+        }
+    }
+}
+
+/// Configuration of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Index (also the core it is pinned to).
+    pub index: usize,
+    /// Driver choice.
+    pub driver: DriverKind,
+    /// Driver pool sizes.
+    pub options: DriverOptions,
+    /// Pin the thread to core `index`.
+    pub pin: bool,
+    /// The engine's clock origin.
+    pub epoch: Instant,
+}
+
+/// Starts a worker thread; returns once its driver is open (or failed to open).
+pub fn spawn(
+    config: WorkerConfig,
+    metrics: Arc<WorkerMetrics>,
+    events: mpsc::Sender<WorkerEvent>,
+) -> io::Result<WorkerHandle> {
+    let (tx, rx) = crossbeam::channel::bounded(COMMAND_QUEUE);
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let index = config.index;
+    let thread = std::thread::Builder::new()
+        .name(format!("sb-media-{index}"))
+        .spawn(move || {
+            if config.pin {
+                rt::pin_to_core(config.index);
+            }
+            let driver = match rt::open_driver(config.driver, &config.options) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready_tx.send(Ok((driver.waker(), driver.kind())));
+            let mut w = Worker {
+                index: config.index,
+                epoch: config.epoch,
+                driver,
+                rx,
+                events,
+                metrics,
+                calls: Vec::new(),
+                free_slots: Vec::new(),
+                by_key: HashMap::new(),
+                routes: Vec::new(),
+            };
+            w.run();
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok((waker, driver))) => Ok(WorkerHandle {
+            index,
+            driver,
+            tx,
+            waker,
+            thread: Some(thread),
+        }),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(io::Error::other(format!(
+                "media worker {index} died while starting"
+            )))
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    epoch: Instant,
+    driver: rt::AnyDriver,
+    rx: Receiver<Command>,
+    events: mpsc::Sender<WorkerEvent>,
+    metrics: Arc<WorkerMetrics>,
+    calls: Vec<Option<CallEntry>>,
+    free_slots: Vec<u32>,
+    by_key: HashMap<CallKey, u32>,
+    routes: Vec<Option<PortRoute>>,
+}
+
+fn micros(epoch: Instant) -> Micros {
+    Micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+/// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on CPU).
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+impl Worker {
+    fn run(&mut self) {
+        let mut next_sweep = Instant::now() + SWEEP;
+        let started = Instant::now();
+        let cpu0 = thread_cpu_ns().unwrap_or(0);
+        loop {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            if !self.poll_media(wait) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if !self.handle_commands() {
+                break;
+            }
+            if Instant::now() >= next_sweep {
+                self.sweep();
+                next_sweep = Instant::now() + SWEEP;
+                let wall = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                let cpu = thread_cpu_ns().unwrap_or(cpu0).saturating_sub(cpu0);
+                self.metrics
+                    .busy_ns
+                    .store(cpu, std::sync::atomic::Ordering::Relaxed);
+                self.metrics
+                    .loop_ns
+                    .store(wall, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        // Close every socket.
+        let keys: Vec<CallKey> = self.by_key.keys().copied().collect();
+        for k in keys {
+            let _ = self.remove_call(k);
+        }
+        debug!(worker = self.index, "media worker stopped");
+    }
+
+    /// One driver turn. Returns false when the driver failed (the caller backs off).
+    fn poll_media(&mut self, wait: Duration) -> bool {
+        let Worker {
+            driver,
+            calls,
+            routes,
+            metrics,
+            epoch,
+            ..
+        } = self;
+        let epoch = *epoch;
+        let mut rx_packets = 0u64;
+        let mut rx_bytes = 0u64;
+        let mut tx_packets = 0u64;
+        let mut tx_bytes = 0u64;
+        let res = driver.poll(Some(wait), |dg, tx| {
+            rx_packets += 1;
+            rx_bytes += dg.data.len() as u64;
+            let Some(Some(route)) = routes.get(dg.token.index()) else {
+                metrics.drop_packet(DROP_UNKNOWN_PORT);
+                return;
+            };
+            let Some(Some(call)) = calls.get_mut(route.call_slot as usize) else {
+                metrics.drop_packet(DROP_UNKNOWN_PORT);
+                return;
+            };
+            let now = micros(epoch);
+            match call
+                .relay
+                .handle_packet(now, route.leg, route.component, dg.src, dg.data)
+            {
+                RelayOutput::Forward(ts) => {
+                    for t in ts.iter() {
+                        let Some(token) = call.token(t.from_leg, t.component) else {
+                            metrics.drop_packet(DROP_UNKNOWN_PORT);
+                            continue;
+                        };
+                        match tx.push(token, t.dst, dg.data) {
+                            Ok(()) => {
+                                tx_packets += 1;
+                                tx_bytes += dg.data.len() as u64;
+                            }
+                            Err(rt::SendError::QueueFull { .. }) => {
+                                metrics.drop_packet(DROP_SEND_QUEUE)
+                            }
+                            Err(_) => metrics.drop_packet(DROP_SEND_REFUSED),
+                        }
+                    }
+                }
+                RelayOutput::Drop(reason) => metrics.drop_packet(reason.index()),
+            }
+        });
+        WorkerMetrics::add(&metrics.rx_packets, rx_packets);
+        WorkerMetrics::add(&metrics.rx_bytes, rx_bytes);
+        WorkerMetrics::add(&metrics.tx_packets, tx_packets);
+        WorkerMetrics::add(&metrics.tx_bytes, tx_bytes);
+        match res {
+            Ok(_) => true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                error!(worker = self.index, error = %e, "I/O driver poll failed");
+                false
+            }
+        }
+    }
+
+    /// Handles queued commands. Returns false on shutdown.
+    fn handle_commands(&mut self) -> bool {
+        for _ in 0..COMMANDS_PER_TURN {
+            let Ok(cmd) = self.rx.try_recv() else {
+                return true;
+            };
+            if matches!(cmd, Command::Shutdown) {
+                return false;
+            }
+            self.handle_command(cmd);
+        }
+        true
+    }
+
+    fn call_mut(&mut self, key: CallKey) -> Option<&mut CallEntry> {
+        let slot = *self.by_key.get(&key)?;
+        self.calls.get_mut(slot as usize)?.as_mut()
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = micros(self.epoch);
+        match cmd {
+            Command::CreateCall { call, timeout } => {
+                if self.by_key.contains_key(&call) {
+                    return;
+                }
+                let relay = Relay::new(
+                    now,
+                    RelayConfig {
+                        media_timeout: timeout,
+                        ..RelayConfig::default()
+                    },
+                );
+                let entry = CallEntry {
+                    key: call,
+                    relay,
+                    legs: Vec::new(),
+                };
+                let slot = match self.free_slots.pop() {
+                    Some(s) => {
+                        self.calls[s as usize] = Some(entry);
+                        s
+                    }
+                    None => {
+                        self.calls.push(Some(entry));
+                        u32::try_from(self.calls.len() - 1).unwrap_or(u32::MAX)
+                    }
+                };
+                self.by_key.insert(call, slot);
+                self.publish_counts();
+            }
+            Command::AddLeg {
+                call,
+                leg,
+                config,
+                rtp,
+                rtcp,
+            } => {
+                let Some(&slot) = self.by_key.get(&call) else {
+                    warn!(call, "leg for an unknown call dropped");
+                    return;
+                };
+                let Some(Some(entry)) = self.calls.get_mut(slot as usize) else {
+                    return;
+                };
+                let id = match entry.relay.add_leg(config) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        warn!(call, leg, error = %e, "cannot add leg");
+                        return;
+                    }
+                };
+                let rtp_token = match self.driver.register(rtp) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(call, leg, error = %e, "cannot register RTP socket");
+                        let _ = entry.relay.remove_leg(id);
+                        return;
+                    }
+                };
+                let rtcp_token = match self.driver.register(rtcp) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        warn!(call, leg, error = %e, "cannot register RTCP socket");
+                        let _ = self.driver.deregister(rtp_token);
+                        let _ = entry.relay.remove_leg(id);
+                        return;
+                    }
+                };
+                entry.legs.push(LegEntry {
+                    key: leg,
+                    id,
+                    rtp: rtp_token,
+                    rtcp: rtcp_token,
+                });
+                for (token, component) in
+                    [(rtp_token, Component::Rtp), (rtcp_token, Component::Rtcp)]
+                {
+                    let i = token.index();
+                    if self.routes.len() <= i {
+                        self.routes.resize(i + 1, None);
+                    }
+                    self.routes[i] = Some(PortRoute {
+                        call_slot: slot,
+                        leg: id,
+                        component,
+                    });
+                }
+                self.publish_counts();
+            }
+            Command::UpdateLeg { call, leg, config } => {
+                if let Some(entry) = self.call_mut(call) {
+                    if let Some(id) = entry.legs.iter().find(|l| l.key == leg).map(|l| l.id) {
+                        if let Err(e) = entry.relay.update_leg(id, config) {
+                            warn!(call, leg, error = %e, "cannot update leg");
+                        }
+                    }
+                }
+            }
+            Command::Connect { call, a, b } => {
+                if let Some(entry) = self.call_mut(call) {
+                    let find = |k| entry.legs.iter().find(|l| l.key == k).map(|l| l.id);
+                    if let (Some(a), Some(b)) = (find(a), find(b)) {
+                        if let Err(e) = entry.relay.set_peer(a, b) {
+                            warn!(call, error = %e, "cannot connect legs");
+                        }
+                    }
+                }
+            }
+            Command::Block { call, leg, blocked } => {
+                if let Some(entry) = self.call_mut(call) {
+                    if let Some(id) = entry.legs.iter().find(|l| l.key == leg).map(|l| l.id) {
+                        let _ = entry.relay.set_blocked(id, blocked);
+                    }
+                }
+            }
+            Command::DeleteCall { call, reply } => {
+                let stats = self.remove_call(call);
+                if let Some(r) = reply {
+                    let _ = r.send(stats);
+                }
+            }
+            Command::Query { call, reply } => {
+                let stats = self
+                    .by_key
+                    .get(&call)
+                    .and_then(|s| self.calls.get(*s as usize))
+                    .and_then(Option::as_ref)
+                    .map(|c| c.stats(&self.driver));
+                let _ = reply.send(stats);
+            }
+            Command::Barrier { reply } => {
+                let _ = reply.send(());
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn remove_call(&mut self, key: CallKey) -> Option<CallStats> {
+        let slot = self.by_key.remove(&key)?;
+        let entry = self.calls.get_mut(slot as usize)?.take()?;
+        let stats = entry.stats(&self.driver);
+        for l in &entry.legs {
+            for t in [l.rtp, l.rtcp] {
+                if let Some(r) = self.routes.get_mut(t.index()) {
+                    *r = None;
+                }
+                let _ = self.driver.deregister(t);
+            }
+        }
+        self.free_slots.push(slot);
+        self.publish_counts();
+        Some(stats)
+    }
+
+    fn publish_counts(&self) {
+        let calls = self.by_key.len() as u64;
+        let legs: usize = self.calls.iter().flatten().map(|c| c.legs.len()).sum();
+        self.metrics
+            .calls_active
+            .store(calls, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .legs_active
+            .store(legs as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Media timeouts and driver counters.
+    fn sweep(&mut self) {
+        let now = micros(self.epoch);
+        let mut timed_out = Vec::new();
+        for entry in self.calls.iter_mut().flatten() {
+            while entry.relay.poll_event().is_some() {}
+            if entry.relay.poll_timeout().is_some_and(|t| t <= now) {
+                if let Some(RelayEvent::MediaTimeout { .. }) = entry.relay.handle_timeout(now) {
+                    timed_out.push(entry.key);
+                }
+            }
+        }
+        for key in timed_out {
+            if let Some(stats) = self.remove_call(key) {
+                let ev = WorkerEvent::MediaTimeout {
+                    call: key,
+                    worker: self.index,
+                    stats: Box::new(stats),
+                };
+                if self.events.try_send(ev).is_err() {
+                    warn!(call = key, "event queue full: media timeout not reported");
+                }
+            }
+        }
+        let s = self.driver.stats();
+        let set = |i: usize, v: u64| {
+            if let Some(c) = self.metrics.drops.get(i) {
+                c.store(v, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        // Driver-level refusals are cumulative in the driver; the worker's own queue-full
+        // count is added on top of the driver's.
+        let _ = set;
+        let refused = s.send_errors + s.send_would_block + s.send_too_large + s.send_stale_token;
+        let c = &self.metrics.drops[DROP_SEND_REFUSED];
+        if refused > c.load(std::sync::atomic::Ordering::Relaxed) {
+            c.store(refused, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
