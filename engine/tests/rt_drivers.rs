@@ -436,29 +436,42 @@ fn send_slot_exhaustion_is_a_counted_error(kind: DriverKind) {
     assert_eq!((stats.send_queue_full, stats.send_too_large), (1, 1));
 }
 
-fn tiny_buffer_pool_still_delivers_everything(kind: DriverKind) {
-    let mut options = DriverOptions::default();
-    options.recv_buffers = 8;
-    options.recv_batch = 4;
-    let Some(mut driver) = open(kind, &options) else {
-        return;
-    };
-    let (_, a_addr) = register(&mut driver, bind("127.0.0.1"));
-    let (_, b_addr) = register(&mut driver, bind("127.0.0.1"));
-    let peer = client("127.0.0.1");
-    for i in 0..100u32 {
-        peer.send_to(&i.to_be_bytes(), if i % 2 == 0 { a_addr } else { b_addr })
-            .unwrap();
-    }
-    let mut seen = Vec::new();
-    pump(&mut driver, 100, |d, _| {
-        seen.push(u32::from_be_bytes(d.data[..4].try_into().unwrap()))
+fn tiny_pools_still_deliver_everything(kind: DriverKind) {
+    // 64 sockets with 4 datagrams queued each, 8 receive buffers and an 8-entry submission
+    // queue: receives run dry and must be re-armed far more often than the queue holds. Run on
+    // a thread so that a livelocked `poll` fails the test instead of hanging it.
+    let (done_tx, done_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut options = DriverOptions::default();
+        options.recv_buffers = 8;
+        options.recv_batch = 4;
+        options.ring_entries = 8;
+        let Some(mut driver) = open(kind, &options) else {
+            drop(done_tx);
+            return;
+        };
+        let peer = client("127.0.0.1");
+        let sockets = 64u32;
+        let addrs: Vec<SocketAddr> = (0..sockets)
+            .map(|_| register(&mut driver, bind("127.0.0.1")).1)
+            .collect();
+        for i in 0..sockets * 4 {
+            peer.send_to(&i.to_be_bytes(), addrs[(i % sockets) as usize])
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        pump(&mut driver, u64::from(sockets) * 4, |d, _| {
+            seen.push(u32::from_be_bytes(d.data[..4].try_into().unwrap()))
+        });
+        seen.sort_unstable();
+        done_tx.send((seen, driver.stats())).unwrap();
     });
-    seen.sort_unstable();
-    assert_eq!(seen, (0..100).collect::<Vec<_>>());
+    let Ok((seen, stats)) = done_rx.recv_timeout(WAIT * 2) else {
+        panic!("the {kind} driver did not deliver 256 datagrams in time (livelock?)");
+    };
+    assert_eq!(seen, (0..256).collect::<Vec<_>>());
     if kind == DriverKind::IoUring {
-        // 100 queued datagrams, 8 buffers: the multishot receives ran dry and were re-armed.
-        assert!(driver.stats().recv_no_buffers > 0, "{:?}", driver.stats());
+        assert!(stats.recv_no_buffers > 0, "{stats:?}");
     }
 }
 
@@ -515,7 +528,7 @@ per_driver!(
     zero_length_datagram_is_delivered,
     failed_sends_do_not_break_the_driver,
     send_slot_exhaustion_is_a_counted_error,
-    tiny_buffer_pool_still_delivers_everything,
+    tiny_pools_still_deliver_everything,
     sends_leave_with_the_next_poll_without_flush,
     stats_start_at_zero,
 );

@@ -160,6 +160,11 @@ pub struct PortPair {
 }
 
 impl PortPair {
+    /// The pair whose RTP port is `rtp`; `None` unless `rtp` is even (and so below 65535).
+    pub fn from_rtp(rtp: u16) -> Option<Self> {
+        (rtp % 2 == 0).then_some(Self { rtp })
+    }
+
     /// The RTP port.
     pub fn rtp(self) -> u16 {
         self.rtp
@@ -468,7 +473,12 @@ mod tests {
             ports.release(a, t0),
             Err(PortError::NotAllocated { port: 30000, .. })
         ));
-        assert!(ports.release(PortPair { rtp: 40000 }, t0).is_err());
+        assert!(
+            ports
+                .release(PortPair::from_rtp(40000).unwrap(), t0)
+                .is_err()
+        );
+        assert_eq!(PortPair::from_rtp(30001), None);
         assert!(ports.release(PortPair { rtp: 29998 }, t0).is_err());
         assert_eq!(ports.in_use(), 0);
     }

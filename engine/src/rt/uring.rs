@@ -6,7 +6,8 @@
 //!   buffer receives a `io_uring_recvmsg_out` header, the source address and the payload. The
 //!   buffer goes back to the ring as soon as the callback returns (published once per batch of
 //!   completions). When a multishot receive ends (buffers ran out: `ENOBUFS`, an error, a CQ
-//!   overflow) it is re-armed; a socket whose receive keeps failing is abandoned and counted.
+//!   overflow) it is re-armed with the next submission, after the returned buffers are
+//!   published; a socket whose receive keeps failing is abandoned and counted.
 //! - Sends are `IORING_OP_SEND` entries with a destination address (Linux 6.0), pointing into
 //!   the send slots; a slot returns to the pool when its completion arrives.
 //! - The waker's eventfd carries a multishot poll; its completion ends a blocked wait.
@@ -253,8 +254,8 @@ pub struct UringDriver {
     /// Operations of any kind whose final completion has not been reaped.
     outstanding: usize,
     shutting_down: bool,
-    /// Ports whose receive could not be re-armed (submission queue full and the kernel busy);
-    /// retried at the next poll.
+    /// Ports whose multishot receive ended during a reap, to re-arm before the next wait.
+    /// Never holds more entries than there are slots, so it never reallocates after `register`.
     rearm: Vec<u32>,
     stats: DriverStats,
     /// The ring belongs to the thread that created it (`SINGLE_ISSUER`).
@@ -490,9 +491,10 @@ impl UringDriver {
             for cqe in got.iter() {
                 delivered += self.complete(cqe, on_recv);
             }
-        }
-        if let Some(bufs) = &self.bufs {
-            bufs.publish();
+            // Hand the buffers back as soon as a chunk is done.
+            if let Some(bufs) = &self.bufs {
+                bufs.publish();
+            }
         }
         delivered
     }
@@ -614,9 +616,10 @@ impl UringDriver {
                     if slot.failures > MAX_RECV_FAILURES {
                         self.stats.recv_abandoned += 1;
                         tracing::warn!(port = ?slot.local, error = res, "receive keeps failing; port abandoned");
-                    } else if self.arm_recv(index).is_err() {
-                        self.slots[index as usize].failures += 1;
-                        self.stats.recv_errors += 1;
+                    } else {
+                        // Re-armed at the start of the next poll, after the buffers returned
+                        // during this reap are published: re-arming now, with the buffer ring
+                        // possibly empty, could end at once in ENOBUFS again, and again.
                         self.rearm.push(index);
                     }
                 }
@@ -627,21 +630,16 @@ impl UringDriver {
         delivered
     }
 
-    /// Re-arms receives that could not be re-armed during an earlier reap.
-    fn retry_rearms(&mut self) {
-        if self.rearm.is_empty() {
-            return;
-        }
-        let mut list = std::mem::take(&mut self.rearm);
-        for index in list.drain(..) {
+    /// Re-arms the receives that ended during the last reap. An entry stays listed if the
+    /// submission queue cannot take it now.
+    fn rearm_receives(&mut self) {
+        while let Some(&index) = self.rearm.last() {
             let slot = &self.slots[index as usize];
             if slot.state == PortState::Active && !slot.recv_armed && self.arm_recv(index).is_err()
             {
-                self.rearm.push(index);
+                break;
             }
-        }
-        if self.rearm.is_empty() {
-            self.rearm = list;
+            self.rearm.pop();
         }
     }
 
@@ -729,6 +727,8 @@ impl Driver for UringDriver {
             None => {
                 let i = u32::try_from(self.slots.len())
                     .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "too many ports"))?;
+                // Keeps the re-arm list allocation-free on the packet path.
+                self.rearm.reserve(self.slots.len() + 1 - self.rearm.len());
                 self.slots.push(Slot {
                     socket: None,
                     fd: -1,
@@ -793,7 +793,7 @@ impl Driver for UringDriver {
         F: FnMut(RecvDatagram<'_>, &mut SendQueue),
     {
         self.stats.polls += 1;
-        self.retry_rearms();
+        self.rearm_receives();
         // UDP sends complete (almost always inline) during this very enter: wait for one
         // completion beyond them. Older sends still in flight are not counted, so a send stuck
         // in the kernel can only end a wait early, never prolong it.
@@ -820,6 +820,7 @@ impl Driver for UringDriver {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.rearm_receives();
         let _ = self.push_sends();
         match self.ring.submit() {
             Ok(_) => Ok(()),
