@@ -51,5 +51,11 @@ doc:
 bench-build:
 	$(CARGO) test --benches --locked -p switchboard-perf
 
+# Benchmarks (not part of `make test`): criterion micro-benchmarks, then the relay against
+# rtpengine side by side. Figures go into docs/performance.md by hand, with these commands.
+bench: deps
+	$(CARGO) bench --locked -p switchboard-perf -- --warm-up-time 1 --measurement-time 3
+	perf/scripts/relay-compare.sh 100 1000
+
 clean:
 	$(CARGO) clean
