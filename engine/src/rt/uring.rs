@@ -258,9 +258,18 @@ pub struct UringDriver {
     /// Never holds more entries than there are slots, so it never reallocates after `register`.
     rearm: Vec<u32>,
     stats: DriverStats,
+    /// Wake-up coalescing under load (see [`DriverOptions::coalesce_wait`]).
+    coalesce_wait: Duration,
+    coalesce_packets: u32,
+    /// Datagrams the previous `poll` delivered.
+    last_delivered: usize,
     /// The ring belongs to the thread that created it (`SINGLE_ISSUER`).
     _not_send: PhantomData<*const ()>,
 }
+
+/// Datagrams one `poll` must deliver for the next wait to coalesce: more than one means they
+/// arrive faster than the thread wakes up.
+const COALESCE_ENTER: usize = 2;
 
 impl std::fmt::Debug for UringDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -369,6 +378,9 @@ impl UringDriver {
             shutting_down: false,
             rearm: Vec::new(),
             stats: DriverStats::default(),
+            coalesce_wait: options.coalesce_wait,
+            coalesce_packets: options.coalesce_packets,
+            last_delivered: 0,
             _not_send: PhantomData,
         };
         driver.arm_wake()?;
@@ -797,7 +809,15 @@ impl Driver for UringDriver {
         // UDP sends complete (almost always inline) during this very enter: wait for one
         // completion beyond them. Older sends still in flight are not counted, so a send stuck
         // in the kernel can only end a wait early, never prolong it.
-        let want = self.push_sends() + 1;
+        let sends = self.push_sends();
+        // Under load, wait for a batch (or a short while) instead of waking per datagram.
+        let busy = !self.coalesce_wait.is_zero() && self.last_delivered >= COALESCE_ENTER;
+        let (want, timeout) = if busy {
+            let wait = timeout.map_or(self.coalesce_wait, |t| t.min(self.coalesce_wait));
+            (sends + self.coalesce_packets as usize, Some(wait))
+        } else {
+            (sends + 1, timeout)
+        };
         let submitted = match timeout {
             None => self.ring.submitter().submit_and_wait(want),
             Some(d) => {
@@ -812,7 +832,9 @@ impl Driver for UringDriver {
                 _ => return Err(e),
             }
         }
-        Ok(self.reap(&mut on_recv))
+        let delivered = self.reap(&mut on_recv);
+        self.last_delivered = delivered;
+        Ok(delivered)
     }
 
     fn send_queue(&mut self) -> &mut SendQueue {
