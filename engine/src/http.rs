@@ -1,4 +1,5 @@
-//! HTTP: `/healthz` and `/metrics` (Prometheus text format).
+//! HTTP: `/healthz`, `/metrics` (Prometheus text format) and `/recordings…`
+//! ([`crate::record::http`]).
 //!
 //! When a token is configured, every path but `/healthz` needs `Authorization: Bearer TOKEN`:
 //! 401 without one, 403 with a wrong one.
@@ -16,6 +17,7 @@ use crate::control::Hub;
 pub fn router(hub: Hub) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .merge(crate::record::http::routes())
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth))
         .route("/healthz", get(healthz))
         .with_state(hub)

@@ -7,7 +7,9 @@
 //!
 //! Per datagram the worker does a table lookup from the driver's port token to (call, leg,
 //! component), lets the call's relay decide, and queues the very same bytes on the target
-//! leg's socket. No allocation, no lock, no syscall of its own: the driver batches the I/O.
+//! leg's socket; when the call is being recorded it also copies the packet into its
+//! recording tap ring ([`crate::record::ring`]). No allocation, no lock, no syscall of its
+//! own: the driver batches the I/O.
 
 use std::collections::HashMap;
 use std::io;
@@ -20,12 +22,14 @@ use crossbeam::channel::{Receiver, Sender, TrySendError};
 use switchboard_proto::relay::{
     Component, LegConfig, LegId, Relay, RelayConfig, RelayEvent, RelayOutput,
 };
+use switchboard_proto::rtp::{RtpPacket, is_rtcp};
 use switchboard_proto::stats::DropReason;
 use switchboard_proto::time::Micros;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
 use crate::metrics::WorkerMetrics;
+use crate::record::ring::{CallTap, Mark, MarkKind, StopReason, TapOp, TapProducer};
 use crate::rt::{self, Driver, DriverKind, DriverOptions, PortToken, Waker};
 
 /// The control plane's name for a call on a worker.
@@ -125,6 +129,14 @@ pub enum Command {
         /// Where they go.
         reply: oneshot::Sender<Option<CallStats>>,
     },
+    /// Starts, pauses, resumes or stops a recording of a call: the worker queues the mark
+    /// on its tap ring and taps the call's packets while a recording runs.
+    Record {
+        /// The call.
+        call: CallKey,
+        /// What to do.
+        op: TapOp,
+    },
     /// Answers once every earlier command has been applied.
     Barrier {
         /// Signalled when reached.
@@ -146,6 +158,15 @@ pub enum WorkerEvent {
         worker: usize,
         /// Final statistics.
         stats: Box<CallStats>,
+    },
+    /// Tapped packets of a recorded call were dropped because the tap ring was full.
+    RecordingDropped {
+        /// The call.
+        call: CallKey,
+        /// The worker.
+        worker: usize,
+        /// Packets dropped on this call so far.
+        frames: u64,
     },
 }
 
@@ -278,6 +299,7 @@ struct CallEntry {
     key: CallKey,
     relay: Relay,
     legs: Vec<LegEntry>,
+    tap: CallTap,
 }
 
 impl CallEntry {
@@ -346,11 +368,13 @@ pub struct WorkerConfig {
     pub epoch: Instant,
 }
 
-/// Starts a worker thread; returns once its driver is open (or failed to open).
+/// Starts a worker thread; returns once its driver is open (or failed to open). `tap` is
+/// the worker's end of its recording tap ring (none: calls on it cannot be recorded).
 pub fn spawn(
     config: WorkerConfig,
     metrics: Arc<WorkerMetrics>,
     events: mpsc::Sender<WorkerEvent>,
+    tap: Option<TapProducer>,
 ) -> io::Result<WorkerHandle> {
     let (tx, rx) = crossbeam::channel::bounded(COMMAND_QUEUE);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -380,6 +404,7 @@ pub fn spawn(
                 free_slots: Vec::new(),
                 by_key: HashMap::new(),
                 routes: Vec::new(),
+                tap,
             };
             w.run();
         })?;
@@ -415,10 +440,28 @@ struct Worker {
     free_slots: Vec<u32>,
     by_key: HashMap<CallKey, u32>,
     routes: Vec<Option<PortRoute>>,
+    tap: Option<TapProducer>,
 }
 
 fn micros(epoch: Instant) -> Micros {
     Micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Copies a relayed RTP packet into the recording tap when a running recording needs its
+/// leg; counts it on the call when the ring has no room. No allocation, no lock.
+fn tap_packet(p: &mut TapProducer, call: &mut CallEntry, leg: LegId, now: Micros, data: &[u8]) {
+    let Some(key) = call.legs.iter().find(|l| l.id == leg).map(|l| l.key) else {
+        return;
+    };
+    if !call.tap.wants(key) || is_rtcp(data) {
+        return;
+    }
+    let Ok(pkt) = RtpPacket::parse(data) else {
+        return;
+    };
+    if !p.push_packet(call.key, key, now, &pkt) {
+        call.tap.note_drop();
+    }
 }
 
 /// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on CPU).
@@ -433,6 +476,9 @@ impl Worker {
         let started = Instant::now();
         let cpu0 = thread_cpu_ns().unwrap_or(0);
         loop {
+            if let Some(t) = &mut self.tap {
+                t.flush_marks();
+            }
             let wait = next_sweep.saturating_duration_since(Instant::now());
             if !self.poll_media(wait) {
                 std::thread::sleep(Duration::from_millis(1));
@@ -469,6 +515,7 @@ impl Worker {
             routes,
             metrics,
             epoch,
+            tap,
             ..
         } = self;
         let epoch = *epoch;
@@ -507,6 +554,11 @@ impl Worker {
                                 metrics.drop_packet(DROP_SEND_QUEUE)
                             }
                             Err(_) => metrics.drop_packet(DROP_SEND_REFUSED),
+                        }
+                    }
+                    if route.component == Component::Rtp && !call.tap.is_empty() {
+                        if let Some(p) = tap.as_mut() {
+                            tap_packet(p, call, route.leg, now, dg.data);
                         }
                     }
                 }
@@ -564,6 +616,7 @@ impl Worker {
                     key: call,
                     relay,
                     legs: Vec::new(),
+                    tap: CallTap::default(),
                 };
                 let slot = match self.free_slots.pop() {
                     Some(s) => {
@@ -678,6 +731,26 @@ impl Worker {
                     .map(|c| c.stats(&self.driver));
                 let _ = reply.send(stats);
             }
+            Command::Record { call, op } => {
+                let Some(Some(entry)) = self
+                    .by_key
+                    .get(&call)
+                    .and_then(|s| self.calls.get_mut(*s as usize))
+                else {
+                    return;
+                };
+                if let (Some((kind, rec, reason)), Some(p)) =
+                    (entry.tap.apply(op), self.tap.as_mut())
+                {
+                    p.push_mark(Mark {
+                        kind,
+                        rec,
+                        call,
+                        at: now,
+                        reason,
+                    });
+                }
+            }
             Command::Barrier { reply } => {
                 let _ = reply.send(());
             }
@@ -688,6 +761,18 @@ impl Worker {
     fn remove_call(&mut self, key: CallKey) -> Option<CallStats> {
         let slot = self.by_key.remove(&key)?;
         let entry = self.calls.get_mut(slot as usize)?.take()?;
+        if let Some(p) = self.tap.as_mut() {
+            let at = micros(self.epoch);
+            for rec in entry.tap.recs() {
+                p.push_mark(Mark {
+                    kind: MarkKind::Stop,
+                    rec,
+                    call: key,
+                    at,
+                    reason: StopReason::CallEnded,
+                });
+            }
+        }
         let stats = entry.stats(&self.driver);
         for l in &entry.legs {
             for t in [l.rtp, l.rtcp] {
@@ -718,6 +803,14 @@ impl Worker {
         let now = micros(self.epoch);
         let mut timed_out = Vec::new();
         for entry in self.calls.iter_mut().flatten() {
+            if let Some(frames) = entry.tap.take_new_drops() {
+                let ev = WorkerEvent::RecordingDropped {
+                    call: entry.key,
+                    worker: self.index,
+                    frames,
+                };
+                let _ = self.events.try_send(ev);
+            }
             while entry.relay.poll_event().is_some() {}
             if entry.relay.poll_timeout().is_some_and(|t| t <= now) {
                 if let Some(RelayEvent::MediaTimeout { .. }) = entry.relay.handle_timeout(now) {

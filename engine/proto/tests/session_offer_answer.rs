@@ -9,8 +9,8 @@ use std::time::Duration;
 use switchboard_proto::bencode::{Limits, Value, parse_json};
 use switchboard_proto::ng::{RetransmitCache, encode_reply};
 use switchboard_proto::session::{
-    EndReason, MediaCommand, NgHandler, NoStats, RangePorts, RelayKind, RelaySpec, Sessions,
-    SessionsConfig, StatsSnapshot, StreamStats, UnixMicros,
+    EndReason, MediaCommand, NgHandler, NoStats, RangePorts, RecordingAction, RelayKind, RelaySpec,
+    Sessions, SessionsConfig, StatsSnapshot, StreamStats, UnixMicros,
 };
 use switchboard_proto::time::Micros;
 
@@ -350,15 +350,74 @@ fn unsupported_options_are_named_never_silent() {
         r#","record call":"yes","flags":["bogus-flag"]"#,
     );
     assert_eq!(result(&r), "ok");
-    assert!(warning(&r).contains("record call"), "{r:?}");
-    assert!(warning(&r).contains("bogus-flag"), "{r:?}");
-    let (r, _) = w.req(r#"{"command":"start recording","call-id":"c1"}"#);
-    assert_eq!(
-        reason(&r),
-        "Unsupported: command 'start recording' is not supported yet"
+    assert!(
+        !warning(&r).contains("record call"),
+        "recording works: {r:?}"
     );
+    assert!(warning(&r).contains("bogus-flag"), "{r:?}");
     let (r, _) = w.req(r#"{"command":"play media","call-id":"c1","from-tag":"ft","file":"/x"}"#);
     assert!(reason(&r).contains("play media"));
+}
+
+fn recording(cmds: &[MediaCommand]) -> Vec<(RecordingAction, Option<&str>)> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            MediaCommand::Recording {
+                call_id,
+                action,
+                metadata,
+            } => {
+                assert_eq!(call_id, "c1");
+                Some((*action, metadata.as_deref()))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn recording_requests_become_media_commands() {
+    let mut w = World::new();
+    let (r, _) = w.req(r#"{"command":"start recording","call-id":"c1"}"#);
+    assert_eq!(reason(&r), "Unknown call-id");
+    let (r, cmds) = w.offer(
+        "c1",
+        ALICE,
+        r#","record call":"yes","metadata":"agent:a1|queue:q""#,
+    );
+    assert_eq!(result(&r), "ok");
+    assert!(
+        matches!(cmds.last(), Some(MediaCommand::Recording { .. })),
+        "after the relays"
+    );
+    assert_eq!(
+        recording(&cmds),
+        [(RecordingAction::Start, Some("agent:a1|queue:q"))]
+    );
+    let (_, cmds) = w.answer("c1", BOB, r#","flags":["record-call"]"#);
+    assert_eq!(recording(&cmds), [(RecordingAction::Start, None)]);
+    let (_, cmds) = w.answer("c1", BOB, r#","metadata":"x:y""#);
+    assert_eq!(recording(&cmds), [(RecordingAction::Metadata, Some("x:y"))]);
+    let (_, cmds) = w.answer("c1", BOB, r#","record call":"no""#);
+    assert!(recording(&cmds).is_empty());
+    for (cmd, action) in [
+        ("pause recording", RecordingAction::Pause),
+        ("start recording", RecordingAction::Start),
+        ("stop recording", RecordingAction::Stop),
+    ] {
+        let (r, cmds) = w.req(&format!(r#"{{"command":"{cmd}","call-id":"c1"}}"#));
+        assert_eq!(result(&r), "ok", "{cmd}");
+        assert_eq!(recording(&cmds), [(action, None)]);
+    }
+    let (r, _) = w.req(r#"{"command":"stop recording"}"#);
+    assert_eq!(reason(&r), "No call-id in message");
+    let legs = w.ng.sessions.recording_legs("c1").unwrap();
+    assert_eq!(legs.len(), 2);
+    assert!(legs[0].caller && !legs[1].caller);
+    assert_eq!((legs[0].tag.as_str(), legs[1].tag.as_str()), ("ft", "tt"));
+    assert_eq!(legs[0].codecs.len(), 3, "PCMU, PCMA, telephone-event");
+    assert_ne!(legs[0].local.rtp_port, legs[1].local.rtp_port);
+    assert!(w.ng.sessions.recording_legs("nope").is_none());
 }
 
 #[test]

@@ -21,8 +21,8 @@ mod types;
 
 pub use types::{
     EndReason, GlobalStats, InterfaceUsage, LocalPair, MediaCommand, NoStats, PortAllocator,
-    PortError, RangePorts, RelayKind, RelaySpec, RemoteEndpoint, StatsSnapshot, StatsSource,
-    StreamSide, StreamStats, UnixMicros,
+    PortError, RangePorts, RecordingAction, RecordingLeg, RelayKind, RelaySpec, RemoteEndpoint,
+    StatsSnapshot, StatsSource, StreamSide, StreamStats, UnixMicros,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -282,6 +282,9 @@ impl Sessions {
                 report::statistics(self, wall, ports, stats),
                 &[],
             ))),
+            Command::StartRecording => self.recording(request, RecordingAction::Start),
+            Command::StopRecording => self.recording(request, RecordingAction::Stop),
+            Command::PauseRecording => self.recording(request, RecordingAction::Pause),
             other => Err(NgError::Unsupported {
                 what: format!("command '{}' is not supported yet", other.name()),
             }),
@@ -452,6 +455,7 @@ impl Sessions {
                     ports.release_pair(call_id, p);
                 }
                 warnings.extend(ice_warning(opts, &infos));
+                changes.commands.extend(recording_command(call_id, opts));
                 Ok(Outcome {
                     reply: ng::ok_reply(Value::dict().with("sdp", sdp_out), &warnings),
                     commands: changes.commands,
@@ -509,6 +513,7 @@ impl Sessions {
                     ports.release_pair(call_id, p);
                 }
                 warnings.extend(ice_warning(opts, &infos));
+                changes.commands.extend(recording_command(call_id, opts));
                 Ok(Outcome {
                     reply: ng::ok_reply(Value::dict().with("sdp", sdp_out), &warnings),
                     commands: changes.commands,
@@ -587,6 +592,49 @@ impl Sessions {
         )))
     }
 
+    /// `start recording`, `stop recording`, `pause recording`: the call must exist; the
+    /// engine does the rest.
+    fn recording(&mut self, req: &NgRequest, action: RecordingAction) -> Result<Outcome, NgError> {
+        let call_id = req.call_id.as_deref().ok_or(NgError::NoCallId)?;
+        if !self.calls.contains_key(call_id) {
+            return Err(NgError::UnknownCallId);
+        }
+        Ok(Outcome {
+            reply: ng::ok_reply(Value::dict(), &[]),
+            commands: vec![MediaCommand::Recording {
+                call_id: call_id.to_owned(),
+                action,
+                metadata: req.options.metadata.clone(),
+            }],
+        })
+    }
+
+    /// The parties of a call for recording: each leg with a local pair on its first audio
+    /// media section, the caller first. `None` for an unknown call.
+    #[must_use]
+    pub fn recording_legs(&self, call_id: &str) -> Option<Vec<RecordingLeg>> {
+        let call = self.calls.get(call_id)?;
+        let legs = call
+            .legs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, leg)| {
+                let media = leg
+                    .medias
+                    .iter()
+                    .find(|m| m.kind == "audio" && !m.opaque && m.local.is_some())?;
+                Some(RecordingLeg {
+                    tag: leg.tag.clone(),
+                    label: leg.label.clone(),
+                    local: media.local?,
+                    codecs: media.codecs.clone(),
+                    caller: i == 0,
+                })
+            })
+            .collect();
+        Some(legs)
+    }
+
     fn list(&self, req: &NgRequest) -> Result<Outcome, NgError> {
         let limit = match req.options.limit {
             Some(l) if l < 0 => return Err(NgError::InvalidLimit),
@@ -635,9 +683,6 @@ fn check_options(
     }
     let mut warnings = Vec::new();
     let mut later: Vec<String> = opts.unsupported.clone();
-    if opts.flags.record_call || opts.record_call == Some(true) {
-        later.push("record call (recording)".to_owned());
-    }
     if opts.flags.inject_dtmf {
         later.push("inject DTMF".to_owned());
     }
@@ -660,6 +705,24 @@ fn check_options(
         ));
     }
     Ok(warnings)
+}
+
+/// The recording command an offer or answer implies: `record call: yes` (or the flag) starts
+/// recording; `metadata` alone updates it. `record call: no` asks for nothing (a recording
+/// started otherwise goes on).
+fn recording_command(call_id: &str, opts: &NgOptions) -> Option<MediaCommand> {
+    let action = if opts.flags.record_call || opts.record_call == Some(true) {
+        RecordingAction::Start
+    } else if opts.metadata.is_some() {
+        RecordingAction::Metadata
+    } else {
+        return None;
+    };
+    Some(MediaCommand::Recording {
+        call_id: call_id.to_owned(),
+        action,
+        metadata: opts.metadata.clone(),
+    })
 }
 
 fn ice_warning(opts: &NgOptions, infos: &[MediaInfo]) -> Option<String> {

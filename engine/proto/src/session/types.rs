@@ -191,6 +191,47 @@ pub enum MediaCommand {
         /// The pairs to close.
         pairs: Vec<LocalPair>,
     },
+    /// Start, stop or pause recording the call, or update its recording metadata
+    /// (`start recording`, `stop recording`, `pause recording`, the `record call` option and
+    /// `metadata` of offer and answer). Comes after the relay commands of the same request.
+    Recording {
+        /// The NG call-id.
+        call_id: String,
+        /// What to do.
+        action: RecordingAction,
+        /// The request's `metadata`, as given.
+        metadata: Option<String>,
+    },
+}
+
+/// What an NG request asks of the call's recording.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordingAction {
+    /// Record the call (or resume a paused recording): `start recording`, `record call: yes`.
+    Start,
+    /// Stop recording: `stop recording`.
+    Stop,
+    /// Pause: the recording goes on with silence (`pause recording`).
+    Pause,
+    /// Only new metadata for the call's recordings.
+    Metadata,
+}
+
+/// One party of a call as recording sees it: its tag, the relay ports its audio arrives on
+/// (the first audio media section) and the codecs it negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordingLeg {
+    /// NG tag (empty while the callee is unknown).
+    pub tag: String,
+    /// NG label, if any.
+    pub label: Option<String>,
+    /// The pair the party sends its audio to.
+    pub local: LocalPair,
+    /// The party's codecs, as in its SDP.
+    pub codecs: Vec<crate::sdp::Codec>,
+    /// The party that made the call's first offer (the caller).
+    pub caller: bool,
 }
 
 /// Counters of one stream, as the media plane sees them.
