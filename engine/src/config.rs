@@ -131,6 +131,9 @@ pub struct ConfigFile {
     /// `[log]`
     #[serde(default)]
     pub log: LogSection,
+    /// `[recording]`
+    #[serde(default)]
+    pub recording: crate::record::RecordingSection,
 }
 
 /// `[media]` in the file.
@@ -155,6 +158,8 @@ pub struct MediaSection {
     pub delete_delay: Option<u64>,
     /// Seconds existing calls may keep flowing after SIGTERM.
     pub drain_grace: Option<u64>,
+    /// io_uring wake-up coalescing under load, in microseconds (0: off).
+    pub coalesce_us: Option<u64>,
 }
 
 /// `[ng]` in the file.
@@ -224,6 +229,8 @@ pub struct Config {
     pub delete_delay_s: u64,
     /// Grace period after SIGTERM in seconds.
     pub drain_grace_s: u64,
+    /// io_uring wake-up coalescing under load (zero: off).
+    pub coalesce: std::time::Duration,
     /// NG control address (UDP and TCP).
     pub listen_ng: SocketAddr,
     /// Native control TCP address.
@@ -240,6 +247,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Log filter.
     pub log_level: String,
+    /// Recording settings.
+    pub recording: crate::record::RecordingConfig,
 }
 
 /// Overrides from the command line, applied over the file.
@@ -265,6 +274,8 @@ pub struct Overrides {
     pub timeout: Option<u64>,
     /// `--state-dir`
     pub state_dir: Option<String>,
+    /// `--coalesce-us`
+    pub coalesce_us: Option<u64>,
 }
 
 /// Defaults, as documented in the README and `docs/operations.md`.
@@ -283,12 +294,14 @@ pub mod defaults {
     pub const DELETE_DELAY_S: u64 = 30;
     /// Drain grace after SIGTERM, seconds.
     pub const DRAIN_GRACE_S: u64 = 10;
+    /// io_uring wake-up coalescing under load, microseconds.
+    pub const COALESCE_US: u64 = 100;
     /// NG address.
     pub const LISTEN_NG: &str = "127.0.0.1:2223";
     /// Native control address.
     pub const LISTEN_CONTROL: &str = "127.0.0.1:7070";
-    /// Native control Unix socket.
-    pub const CONTROL_UNIX: &str = "./var/switchboard.sock";
+    /// Native control Unix socket, inside the state directory.
+    pub const CONTROL_UNIX: &str = "switchboard.sock";
     /// HTTP address.
     pub const LISTEN_HTTP: &str = "127.0.0.1:8080";
     /// State directory.
@@ -421,6 +434,16 @@ impl Config {
                 message: format!("{timeout_s} s is not between 1 and 86400"),
             });
         }
+        let coalesce_us = ov
+            .coalesce_us
+            .or(file.media.coalesce_us)
+            .unwrap_or(defaults::COALESCE_US);
+        if coalesce_us > 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "media.coalesce_us",
+                message: format!("{coalesce_us} µs is more than 10000"),
+            });
+        }
         let listen_ng = parse_addr(
             "ng.listen",
             ov.listen_ng
@@ -442,8 +465,14 @@ impl Config {
                 .or(file.http.listen.as_deref())
                 .unwrap_or(defaults::LISTEN_HTTP),
         )?;
+        let state_dir = PathBuf::from(
+            ov.state_dir
+                .clone()
+                .or_else(|| file.state.dir.clone())
+                .unwrap_or_else(|| defaults::STATE_DIR.to_owned()),
+        );
         let control_unix = match file.control.unix.as_deref() {
-            None => Some(PathBuf::from(defaults::CONTROL_UNIX)),
+            None => Some(state_dir.join(defaults::CONTROL_UNIX)),
             Some("") => None,
             Some(p) => Some(PathBuf::from(p)),
         };
@@ -466,6 +495,15 @@ impl Config {
                 message: format!("`{log_level}` is not a log filter"),
             });
         }
+        let recording = crate::record::RecordingConfig::build(
+            file.recording,
+            Path::new(
+                ov.state_dir
+                    .as_deref()
+                    .or(file.state.dir.as_deref())
+                    .unwrap_or(defaults::STATE_DIR),
+            ),
+        )?;
         Ok(Config {
             interfaces,
             port_min: port_min_even,
@@ -479,18 +517,16 @@ impl Config {
                 .unwrap_or(defaults::PORT_QUARANTINE_S),
             delete_delay_s: file.media.delete_delay.unwrap_or(defaults::DELETE_DELAY_S),
             drain_grace_s: file.media.drain_grace.unwrap_or(defaults::DRAIN_GRACE_S),
+            coalesce: std::time::Duration::from_micros(coalesce_us),
             listen_ng,
             listen_control,
             control_unix,
             control_token: token("control.token", file.control.token)?,
             listen_http,
             http_token: token("http.token", file.http.token)?,
-            state_dir: PathBuf::from(
-                ov.state_dir
-                    .or(file.state.dir)
-                    .unwrap_or_else(|| defaults::STATE_DIR.to_owned()),
-            ),
+            state_dir,
             log_level,
+            recording,
         })
     }
 

@@ -8,10 +8,12 @@
 
 #![warn(missing_docs)]
 
+pub mod acd;
 pub mod config;
 pub mod control;
 pub mod http;
 pub mod metrics;
+pub mod record;
 pub mod rt;
 pub mod serve;
 pub mod worker;

@@ -63,6 +63,9 @@ struct ServeArgs {
     /// State directory (recordings, database).
     #[arg(long)]
     state_dir: Option<String>,
+    /// io_uring wake-up coalescing under load, in microseconds (0: off).
+    #[arg(long)]
+    coalesce_us: Option<u64>,
 }
 
 fn init_logging(filter: &str) {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
                 driver: a.driver,
                 timeout: a.timeout,
                 state_dir: a.state_dir,
+                coalesce_us: a.coalesce_us,
             };
             let config = match Config::load(a.config.as_deref(), ov) {
                 Ok(c) => c,

@@ -3,7 +3,8 @@
 //! Media workers each own a [`WorkerMetrics`] (cache-padded atomics, written only by that
 //! worker with relaxed stores, so the packet path never contends); the HTTP handler sums them
 //! at scrape time. Control-plane figures (NG and native requests) live in [`ControlMetrics`],
-//! touched only off the media path.
+//! touched only off the media path; it also carries the ACD's section
+//! ([`crate::acd::AcdMetrics`]), rendered last.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -109,6 +110,8 @@ pub struct ControlMetrics {
     // Control plane only (never on a media or routing path); at most a few dozen keys.
     requests: Mutex<BTreeMap<(&'static str, String, &'static str), u64>>,
     latency: Mutex<BTreeMap<(&'static str, String), Histogram>>,
+    /// The ACD's figures (lock-free; written by the ACD threads).
+    pub acd: crate::acd::AcdMetrics,
 }
 
 /// Longest operation name kept as a label; longer (hostile) names are folded into `other`.
@@ -149,6 +152,8 @@ pub struct Metrics {
     pub workers: Arc<[Arc<WorkerMetrics>]>,
     /// Control-plane requests.
     pub control: Arc<ControlMetrics>,
+    /// Recording, when it runs.
+    pub recording: Option<Arc<crate::record::RecordingMetrics>>,
 }
 
 fn escape(s: &str) -> String {
@@ -289,6 +294,10 @@ impl Metrics {
                 );
             }
         }
+        self.control.acd.render(&mut out);
+        if let Some(r) = &self.recording {
+            r.render(&mut out);
+        }
         out
     }
 }
@@ -306,6 +315,7 @@ mod tests {
         let m = Metrics {
             workers: vec![w].into(),
             control: Arc::default(),
+            recording: Some(Arc::default()),
         };
         m.control
             .record("ng", "offer", "ok", Duration::from_micros(80));
@@ -320,6 +330,10 @@ mod tests {
             "switchboard_control_requests_total{protocol=\"ng\",op=\"offer\",result=\"ok\"} 1"
         ));
         assert!(text.contains("op=\"other\""));
+        assert!(text.contains("switchboard_recordings_active 0"));
+        assert!(
+            text.contains("switchboard_recording_dropped_frames_total{reason=\"queue_full\"} 0")
+        );
         assert!(!text.contains("evil"));
         assert!(text.contains(
             "switchboard_control_request_seconds_bucket{protocol=\"ng\",op=\"offer\",le=\"0.0001\"} 1"

@@ -1,8 +1,10 @@
 //! `switchboard serve`: start the engine with a validated [`Config`] and run until a signal.
 //!
 //! Start-up order: media workers (each opens its I/O driver on its own thread), the port
-//! allocator, the control task, then the listeners (NG UDP+TCP, native TCP+Unix, HTTP). A
-//! listener that cannot bind stops start-up with a clear error.
+//! allocator, the control task, the ACD (its store is opened and its persisted state
+//! restored on its own thread), then the listeners (NG UDP+TCP, native TCP+Unix, HTTP). A
+//! listener that cannot bind, or an ACD store that cannot be opened, stops start-up with a
+//! clear error. On the way out the ACD commits what it has queued before the process exits.
 //!
 //! SIGINT stops at once. SIGTERM drains: new calls are refused (`/healthz` answers 503),
 //! existing calls keep flowing until they end or `media.drain_grace` passes, then the process
@@ -15,6 +17,7 @@ use anyhow::Context as _;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tracing::{info, warn};
 
+use crate::acd::{AcdConfig, AcdService};
 use crate::config::Config;
 use crate::control::{self, HubConfig, ports::EnginePorts};
 use crate::metrics::{ControlMetrics, Metrics, WorkerMetrics};
@@ -50,6 +53,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     let epoch = Instant::now();
+    let recording = crate::record::start(config.recording.clone(), config.workers, epoch)
+        .context("starting recording")?;
+    info!(recording = %config.recording.summary(), "recording ready");
+    let crate::record::Started {
+        service: rec_service,
+        taps: rec_taps,
+        events: rec_events,
+        threads: rec_threads,
+    } = recording;
+    let mut rec_taps = rec_taps.into_iter();
     let (ev_tx, ev_rx) = tokio::sync::mpsc::channel(4096);
     let mut workers = Vec::with_capacity(config.workers);
     let mut worker_metrics = Vec::with_capacity(config.workers);
@@ -60,12 +73,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             WorkerConfig {
                 index,
                 driver: config.driver,
-                options: DriverOptions::default(),
+                options: DriverOptions {
+                    coalesce_wait: config.coalesce,
+                    ..DriverOptions::default()
+                },
                 pin,
                 epoch,
             },
             m.clone(),
             ev_tx.clone(),
+            rec_taps.next(),
         )
         .with_context(|| {
             format!(
@@ -88,6 +105,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics {
         workers: worker_metrics.into(),
         control: Arc::new(ControlMetrics::default()),
+        recording: Some(rec_service.metrics().clone()),
     };
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -96,7 +114,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    rt.block_on(async move {
+    let acd = rt.block_on(async move {
         info!(config = %config.summary(), "switchboard starting");
         let (hub, hub_task) = control::start(
             HubConfig {
@@ -105,15 +123,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 control_token: config.control_token.clone(),
                 http_token: config.http_token.clone(),
                 epoch,
+                recording: Some((rec_service, rec_events)),
             },
             ports,
             workers,
             metrics,
             ev_rx,
         );
+        let acd = AcdService::start(
+            AcdConfig {
+                state_dir: config.state_dir.clone(),
+                epoch,
+                router: switchboard_router::RouterConfig::default(),
+            },
+            &hub,
+        )
+        .context("starting the ACD")?;
+        hub.set_acd(acd.handle());
 
-        let ng_udp = UdpSocket::bind(config.listen_ng)
-            .await
+        let ng_udp = bind_ng_udp(config.listen_ng)
             .with_context(|| format!("binding NG UDP {}", config.listen_ng))?;
         let ng_tcp = TcpListener::bind(config.listen_ng)
             .await
@@ -126,10 +154,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("binding HTTP {}", config.listen_http))?;
         let ctl_unix = match &config.control_unix {
             Some(path) => {
-                // A socket file left by an earlier run is replaced; anything else is an error.
+                // A socket file left by an earlier run is replaced; one a running engine still
+                // answers on, or anything that is not a socket, is an error.
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt as _;
-                    if meta.file_type().is_socket() {
+                    if meta.file_type().is_socket()
+                        && std::os::unix::net::UnixStream::connect(path).is_err()
+                    {
                         let _ = std::fs::remove_file(path);
                     }
                 }
@@ -197,11 +228,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(path) = &config.control_unix {
             let _ = std::fs::remove_file(path);
         }
-        anyhow::Ok(())
+        anyhow::Ok(acd)
     })?;
+    acd.shutdown();
     rt.shutdown_timeout(Duration::from_secs(1));
+    // The workers are gone with the control task: close every recording.
+    rec_threads.shutdown(Duration::from_secs(10));
     info!("stopped");
     Ok(())
+}
+
+/// The NG UDP socket, with a receive buffer large enough for a burst of signalling (a
+/// proxy's retransmissions after a stall) without drops.
+fn bind_ng_udp(addr: std::net::SocketAddr) -> std::io::Result<UdpSocket> {
+    let options = crate::rt::ports::SocketOptions {
+        recv_buffer: 4 << 20,
+        send_buffer: 1 << 20,
+        ..crate::rt::ports::SocketOptions::default()
+    };
+    UdpSocket::from_std(crate::rt::ports::bind_udp(addr, &options)?)
 }
 
 async fn serve_native_tcp(hub: control::Hub, l: TcpListener) {

@@ -60,9 +60,17 @@ fn relays(a: &std::net::UdpSocket, b: &std::net::UdpSocket, dst: SocketAddr, seq
     assert_eq!(got.len(), 10, "the call still relays");
 }
 
+/// The engine still answers. After a flood the socket's receive buffer may still be full,
+/// so a lost ping is retried a few times (UDP promises nothing more).
 fn assert_alive(e: &Engine) {
-    let r = e.ng().request(&json!({"command": "ping"}));
-    assert_eq!(r["result"], "pong");
+    let ng = e.ng();
+    for _ in 0..10 {
+        if let Ok(r) = ng.try_request(&json!({"command": "ping"}), Duration::from_millis(500)) {
+            assert_eq!(r["result"], "pong");
+            return;
+        }
+    }
+    panic!("the engine stopped answering NG pings");
 }
 
 #[test]

@@ -56,6 +56,7 @@ enum NativeOp {
     CallList,
     CallGet(String),
     CallDelete(String),
+    Record(crate::record::manager::NativeRecord),
 }
 
 struct Shared {
@@ -64,7 +65,10 @@ struct Shared {
     metrics: Metrics,
     control_token: Option<String>,
     http_token: Option<String>,
+    recordings: Option<crate::record::RecordingService>,
     draining: AtomicBool,
+    /// The ACD service, once started (set once, read without locking).
+    acd: std::sync::OnceLock<crate::acd::AcdHandle>,
 }
 
 /// A cheap, cloneable handle on the control task.
@@ -159,6 +163,18 @@ impl Hub {
         self.shared.http_token.as_deref()
     }
 
+    /// Recording, if it runs.
+    #[must_use]
+    pub fn recordings(&self) -> Option<&crate::record::RecordingService> {
+        self.shared.recordings.as_ref()
+    }
+
+    /// `record.start`, `record.pause`, `record.resume`, `record.stop`.
+    pub async fn record(&self, op: &str, req: &Value) -> Result<Value, OpError> {
+        let r = crate::record::manager::NativeRecord::parse(op, req)?;
+        self.native(NativeOp::Record(r)).await
+    }
+
     /// Whether the engine refuses new calls while draining.
     #[must_use]
     pub fn is_draining(&self) -> bool {
@@ -168,6 +184,22 @@ impl Hub {
     /// Starts draining: new calls are refused from now on.
     pub fn start_draining(&self) {
         self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The ACD service's handle, if it was started.
+    #[must_use]
+    pub fn acd(&self) -> Option<&crate::acd::AcdHandle> {
+        self.shared.acd.get()
+    }
+
+    /// Hands the ACD service's handle to the control plane (once; later calls are ignored).
+    pub fn set_acd(&self, acd: crate::acd::AcdHandle) {
+        let _ = self.shared.acd.set(acd);
+    }
+
+    /// Sends an event to every subscriber.
+    pub fn publish(&self, ev: Value) {
+        let _ = self.shared.events.send(Arc::new(ev));
     }
 }
 
@@ -184,6 +216,11 @@ pub struct HubConfig {
     pub http_token: Option<String>,
     /// The engine's monotonic clock origin (shared with the workers).
     pub epoch: Instant,
+    /// Recording, when started: the service and the recorder's events.
+    pub recording: Option<(
+        crate::record::RecordingService,
+        mpsc::Receiver<crate::record::RecorderEvent>,
+    )>,
 }
 
 /// A call as the control task knows it.
@@ -206,6 +243,7 @@ struct Control {
     media_timeout: Duration,
     epoch: Instant,
     hub: Hub,
+    recording: Option<crate::record::manager::Manager>,
 }
 
 /// Starts the control task; returns its handle. Workers' events arrive on `events`.
@@ -225,13 +263,22 @@ pub fn start(
             metrics,
             control_token: config.control_token,
             http_token: config.http_token,
+            recordings: config.recording.as_ref().map(|(s, _)| s.clone()),
             draining: AtomicBool::new(false),
+            acd: std::sync::OnceLock::new(),
         }),
     };
     let sessions = Sessions::new(SessionsConfig {
         delete_delay: config.delete_delay,
         ..SessionsConfig::default()
     });
+    let (recording, rec_events) = match config.recording {
+        Some((service, events)) => (
+            Some(crate::record::manager::Manager::new(service)),
+            Some(events),
+        ),
+        None => (None, None),
+    };
     let control = Control {
         ng: NgHandler::new(sessions, RetransmitCache::default()),
         ports,
@@ -242,8 +289,9 @@ pub fn start(
         media_timeout: config.media_timeout,
         epoch: config.epoch,
         hub: hub.clone(),
+        recording,
     };
-    let task = tokio::spawn(control.run(rx, events));
+    let task = tokio::spawn(control.run(rx, events, rec_events));
     (hub, task)
 }
 
@@ -280,6 +328,7 @@ impl Control {
         mut self,
         mut rx: mpsc::Receiver<HubRequest>,
         mut events: mpsc::Receiver<WorkerEvent>,
+        mut rec_events: Option<mpsc::Receiver<crate::record::RecorderEvent>>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -297,6 +346,7 @@ impl Control {
                     None => break,
                 },
                 Some(ev) = events.recv() => self.handle_worker_event(ev),
+                Some(ev) = recv_recording(&mut rec_events) => self.handle_recorder_event(ev),
                 _ = tick.tick() => self.handle_timers(),
             }
         }
@@ -332,6 +382,9 @@ impl Control {
                 let _ = self.apply(cmds);
                 // The worker has removed the call already; make sure nothing is left.
                 self.forget(&call_id);
+            }
+            WorkerEvent::RecordingDropped { call, frames, .. } => {
+                self.recording_dropped(call, frames);
             }
         }
     }
@@ -456,7 +509,13 @@ impl Control {
             return None;
         };
         let result = ng::reply_result(&outcome.reply);
-        let touched = self.apply(outcome.commands);
+        let mut touched = self.apply(outcome.commands);
+        if command == "delete" && result == "ok" {
+            // The parties hung up: recordings end now, not after the delete delay.
+            if let Some(id) = &call_id {
+                touched.extend(self.stop_recordings(id));
+            }
+        }
         // Reply only once the media plane has the new state, so media sent by a party right
         // after it sees the reply finds its destination.
         self.barrier(&touched).await;
@@ -492,7 +551,8 @@ impl Control {
             let w = match &cmd {
                 MediaCommand::SetRelay(spec) => Some(spec.sides[0].local.worker),
                 MediaCommand::RemoveRelay { call_id, .. }
-                | MediaCommand::DeleteCall { call_id, .. } => {
+                | MediaCommand::DeleteCall { call_id, .. }
+                | MediaCommand::Recording { call_id, .. } => {
                     self.calls.get(call_id).map(|c| c.worker)
                 }
                 _ => None,
@@ -518,6 +578,11 @@ impl Control {
                     }
                     self.forget(&call_id);
                 }
+                MediaCommand::Recording {
+                    call_id,
+                    action,
+                    metadata,
+                } => self.ng_recording(&call_id, action, metadata.as_deref()),
                 _ => {}
             }
         }
@@ -689,6 +754,181 @@ impl Control {
                 Ok(json!({"call": id,
                     "stats": stats.map_or(Value::Null, |s| serde_json::to_value(s).unwrap_or(Value::Null))}))
             }
+            NativeOp::Record(r) => self.handle_record(r).await,
         }
+    }
+}
+
+/// The next recorder event, or never when recording does not run.
+async fn recv_recording(
+    rx: &mut Option<mpsc::Receiver<crate::record::RecorderEvent>>,
+) -> Option<crate::record::RecorderEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Recording: `record.*`, NG recording commands, events from the recorder.
+impl Control {
+    fn recording_unavailable() -> OpError {
+        OpError::new(ErrorCode::Unavailable, "recording is not running")
+    }
+
+    fn handle_recorder_event(&mut self, ev: crate::record::RecorderEvent) {
+        if let Some(m) = &mut self.recording {
+            m.on_event(&ev);
+        }
+        self.emit(ev.json);
+    }
+
+    fn recording_dropped(&mut self, call: CallKey, frames: u64) {
+        let Some(call_id) = self.by_key.get(&call).cloned() else {
+            return;
+        };
+        let ids: Vec<String> = self.recording.as_ref().map_or_else(Vec::new, |m| {
+            m.recordings_of(&call_id)
+                .into_iter()
+                .map(|i| i.to_string())
+                .collect()
+        });
+        warn!(
+            call_id,
+            frames, "recording tap ring full: recording data dropped"
+        );
+        self.emit(json!({"event": "recording.dropped", "call": call_id,
+            "recordings": ids, "frames": frames}));
+    }
+
+    /// Starts recording a call known to the NG state.
+    fn start_recording(
+        &mut self,
+        call_id: &str,
+        req: crate::record::manager::StartRequest,
+    ) -> Result<Vec<crate::record::RecordingId>, OpError> {
+        let Some(info) = self.calls.get(call_id) else {
+            return Err(OpError::new(
+                ErrorCode::NotFound,
+                format!("no call `{call_id}`"),
+            ));
+        };
+        let legs: Vec<_> = self
+            .ng
+            .sessions
+            .recording_legs(call_id)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|l| info.legs.contains_key(&l.local.rtp_port))
+            .collect();
+        let call = crate::record::manager::CallRef {
+            call_id,
+            key: info.key,
+            worker: info.worker,
+        };
+        let m = self
+            .recording
+            .as_mut()
+            .ok_or_else(Self::recording_unavailable)?;
+        m.start(call, &legs, req, &self.workers)
+    }
+
+    /// Stops every recording of a call; returns the workers told.
+    fn stop_recordings(&mut self, call_id: &str) -> Vec<usize> {
+        let Some(m) = &mut self.recording else {
+            return Vec::new();
+        };
+        let target = crate::record::manager::Target::Call(call_id.to_owned());
+        m.control(&target, crate::record::manager::Op::Stop, &self.workers)
+            .map(|(_, w)| w)
+            .unwrap_or_default()
+    }
+
+    fn ng_recording(
+        &mut self,
+        call_id: &str,
+        action: switchboard_proto::session::RecordingAction,
+        metadata: Option<&str>,
+    ) {
+        use crate::record::manager::{Op, StartRequest, Target, parse_ng_metadata};
+        use switchboard_proto::session::RecordingAction;
+        let Some(m) = &mut self.recording else {
+            warn!(
+                call_id,
+                "NG recording request while recording is not running"
+            );
+            return;
+        };
+        let extra = metadata.map(parse_ng_metadata).unwrap_or_default();
+        let (any, paused) = m.state_of(call_id);
+        let target = Target::Call(call_id.to_owned());
+        let result = match action {
+            RecordingAction::Start if paused => {
+                m.update_metadata(call_id, &extra);
+                m.control(&target, Op::Resume, &self.workers).map(|_| ())
+            }
+            RecordingAction::Start if any => {
+                m.update_metadata(call_id, &extra);
+                Ok(())
+            }
+            RecordingAction::Start => self
+                .start_recording(
+                    call_id,
+                    StartRequest {
+                        metadata: extra,
+                        ..StartRequest::default()
+                    },
+                )
+                .map(|_| ()),
+            RecordingAction::Stop if any => m.control(&target, Op::Stop, &self.workers).map(|_| ()),
+            RecordingAction::Pause if any && !paused => {
+                m.control(&target, Op::Pause, &self.workers).map(|_| ())
+            }
+            RecordingAction::Metadata => {
+                m.update_metadata(call_id, &extra);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(call_id, error = e.message, "NG recording request failed");
+            self.emit(json!({"event": "recording.failed", "call": call_id,
+                "error": e.message}));
+        }
+    }
+
+    async fn handle_record(
+        &mut self,
+        r: crate::record::manager::NativeRecord,
+    ) -> Result<Value, OpError> {
+        use crate::record::manager::{NativeRecord, Op};
+        let (target, op) = match r {
+            NativeRecord::Start { call, request } => {
+                if !self.calls.contains_key(&call) {
+                    return Err(OpError::new(
+                        ErrorCode::NotFound,
+                        format!("no call `{call}`"),
+                    ));
+                }
+                let ids = self.start_recording(&call, *request)?;
+                if let Some(w) = self.calls.get(&call).map(|c| c.worker) {
+                    self.barrier(&[w]).await;
+                }
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                return Ok(json!({"recording": ids.first(), "recordings": ids, "call": call}));
+            }
+            NativeRecord::Pause(t) => (t, Op::Pause),
+            NativeRecord::Resume(t) => (t, Op::Resume),
+            NativeRecord::Stop(t) => (t, Op::Stop),
+        };
+        let m = self
+            .recording
+            .as_mut()
+            .ok_or_else(Self::recording_unavailable)?;
+        let (ids, workers) = m.control(&target, op, &self.workers)?;
+        // Reply once the workers have placed the marks: the caller's clock and the
+        // recording's timeline agree to within a round trip.
+        self.barrier(&workers).await;
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        Ok(json!({"recordings": ids}))
     }
 }

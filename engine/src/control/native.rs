@@ -34,6 +34,15 @@ pub enum ErrorCode {
     Unauthorized,
     /// The engine is draining or a worker did not answer.
     Unavailable,
+    /// The request clashes with the current state (an id in use, no such offer, a queue
+    /// that still holds tasks, …).
+    Conflict,
+    /// The feature asked for is not available in this engine.
+    NotSupported,
+    /// The queue holds its maximum number of tasks.
+    QueueFull,
+    /// An engine-wide limit (tasks, agents, queues, skills) is reached.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -47,6 +56,10 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::Unauthorized => "unauthorized",
             Self::Unavailable => "unavailable",
+            Self::Conflict => "conflict",
+            Self::NotSupported => "not_supported",
+            Self::QueueFull => "queue_full",
+            Self::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -71,7 +84,7 @@ impl OpError {
 }
 
 /// Topics a connection may subscribe to.
-pub const TOPICS: &[&str] = &["calls", "media", "all"];
+pub const TOPICS: &[&str] = &["calls", "media", "acd", "recording", "all"];
 
 /// Outcome of reading one bounded line.
 enum Line {
@@ -82,12 +95,16 @@ enum Line {
 
 /// Reads up to and including `\n`; a line longer than `max` is consumed and reported as
 /// [`Line::TooLong`] without buffering it whole.
+///
+/// Cancel-safe for ordinary lines: bytes already taken from the reader stay in `buf` (empty
+/// after every returned line), so a call dropped half-way through a line (the connection's
+/// `select!` serving an event) is continued by the next call. A call dropped while it skips
+/// an overlong line leaves the rest of that line to be read as a line of its own.
 async fn read_line_bounded<R: AsyncBufRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> std::io::Result<Line> {
-    buf.clear();
     let mut too_long = false;
     loop {
         let chunk = r.fill_buf().await?;
@@ -204,9 +221,12 @@ async fn recv_event(rx: &mut Option<broadcast::Receiver<Arc<Value>>>) -> Option<
 fn wants(topics: &[String], ev: &Value) -> bool {
     let name = ev.get("event").and_then(Value::as_str).unwrap_or("");
     let topic = name.split('.').next().unwrap_or("");
-    topics
-        .iter()
-        .any(|t| t == "all" || t == topic || (t == "calls" && topic == "call"))
+    topics.iter().any(|t| {
+        t == "all"
+            || t == topic
+            || (t == "calls" && topic == "call")
+            || (t == "acd" && matches!(topic, "task" | "offer" | "agent"))
+    })
 }
 
 async fn handle_line(hub: &Hub, session: &mut Session, text: &[u8]) -> Value {
@@ -286,6 +306,9 @@ async fn dispatch(
         "call.list" => hub.call_list().await,
         "call.get" => hub.call_get(str_field(req, "call")?).await,
         "call.delete" => hub.call_delete(str_field(req, "call")?).await,
+        "record.start" | "record.pause" | "record.resume" | "record.stop" => {
+            hub.record(op, req).await
+        }
         "subscribe" => {
             let topics: Vec<String> = match req.get("topics") {
                 None => vec!["all".into()],
@@ -319,6 +342,7 @@ async fn dispatch(
             session.topics.clear();
             Ok(json!({}))
         }
+        acd if crate::acd::handles(acd) => crate::acd::native_op(hub, acd, req).await,
         other => Err(OpError::new(
             ErrorCode::UnknownOp,
             format!(
@@ -357,6 +381,25 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn a_line_survives_a_cancelled_read() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut r = BufReader::new(server);
+        let mut buf = Vec::new();
+        client.write_all(b"{\"op\":").await.unwrap();
+        let cut = tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            read_line_bounded(&mut r, &mut buf, 1024),
+        )
+        .await;
+        assert!(cut.is_err(), "the line is not complete yet");
+        client.write_all(b"\"ping\"}\n").await.unwrap();
+        assert!(matches!(
+            read_line_bounded(&mut r, &mut buf, 1024).await.unwrap(),
+            Line::Text(t) if t == b"{\"op\":\"ping\"}\n"
+        ));
+    }
+
     #[test]
     fn topic_filter() {
         let ev = json!({"event": "call.created"});
@@ -364,5 +407,8 @@ mod tests {
         assert!(wants(&["all".into()], &ev));
         assert!(!wants(&["media".into()], &ev));
         assert!(wants(&["media".into()], &json!({"event": "media.timeout"})));
+        assert!(wants(&["acd".into()], &json!({"event": "task.offered"})));
+        assert!(wants(&["acd".into()], &json!({"event": "agent.state"})));
+        assert!(!wants(&["acd".into()], &json!({"event": "call.created"})));
     }
 }

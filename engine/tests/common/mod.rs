@@ -34,6 +34,9 @@ pub struct Engine {
     pub port_min: u16,
     pub port_max: u16,
     pub dir: PathBuf,
+    /// The driver and extra flags it was started with (reused by [`Engine::restart`]).
+    pub driver: String,
+    pub extra: Vec<String>,
 }
 
 impl Engine {
@@ -41,15 +44,32 @@ impl Engine {
     /// socket answers a ping.
     pub fn start(driver: &str, extra: &[&str]) -> Engine {
         let k = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sb-test-{}-{k}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self::spawn_in(driver, extra, dir, k)
+    }
+
+    /// Kills the process with SIGKILL (no clean-up of any kind), then starts a new one with
+    /// the same driver, flags and state directory (on fresh ports); waits for NG ping.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let k = INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let next = Self::spawn_in(&self.driver, &extra, self.dir.clone(), k);
+        // The old process is gone; drop the old value without its clean-up.
+        let old = std::mem::replace(self, next);
+        std::mem::forget(old);
+    }
+
+    fn spawn_in(driver: &str, extra: &[&str], dir: PathBuf, k: u32) -> Engine {
         let slot = (std::process::id().wrapping_mul(7).wrapping_add(k * 13)) % 90;
         let port_min = 20000 + u16::try_from(slot).unwrap() * 100;
         let port_max = port_min + 99;
         let ng: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let dir = std::env::temp_dir().join(format!("sb-test-{}-{k}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.arg("serve")
             .args(["--driver", driver])
@@ -74,6 +94,8 @@ impl Engine {
             port_min,
             port_max,
             dir,
+            driver: driver.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = NgClient::new(e.ng);
