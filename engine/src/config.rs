@@ -295,7 +295,7 @@ pub mod defaults {
     /// Drain grace after SIGTERM, seconds.
     pub const DRAIN_GRACE_S: u64 = 10;
     /// io_uring wake-up coalescing under load, microseconds.
-    pub const COALESCE_US: u64 = 100;
+    pub const COALESCE_US: u64 = 300;
     /// NG address.
     pub const LISTEN_NG: &str = "127.0.0.1:2223";
     /// Native control address.
