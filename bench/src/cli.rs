@@ -37,7 +37,7 @@ pub struct TargetArgs {
 }
 
 /// How results and progress are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Args)]
 pub struct OutputArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long, global = true)]
@@ -74,6 +74,8 @@ pub struct Target {
     pub ng: SocketAddr,
     /// PID whose CPU time is measured.
     pub pid: Option<u32>,
+    /// Ask the relay to record every call (NG `record call: yes` on the offer).
+    pub record: bool,
 }
 
 /// Most runs per target with `--compare`.
@@ -88,6 +90,7 @@ impl TargetArgs {
             label: "A",
             ng: self.ng,
             pid: self.pid,
+            record: false,
         }];
         if self.compare {
             let Some(ng_b) = self.ng_b else {
@@ -97,6 +100,7 @@ impl TargetArgs {
                 label: "B",
                 ng: ng_b,
                 pid: self.pid_b,
+                record: false,
             });
         } else if self.ng_b.is_some() || self.pid_b.is_some() {
             bail!("--ng-b and --pid-b need --compare");

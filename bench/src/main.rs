@@ -24,6 +24,9 @@ struct Cli {
 enum Scenario {
     /// Two-party G.711 calls relayed packet for packet, both directions.
     Relay(RelayArgs),
+    /// The relay scenario against one target without and then with every call recorded
+    /// (A: plain, B: recorded), in alternation.
+    Record(RelayArgs),
     /// The ACD router in virtual time, against Erlang C (and Erlang A with patience).
     Acd(AcdArgs),
 }
@@ -39,6 +42,10 @@ fn run(scenario: &Scenario, progress: Progress) -> anyhow::Result<Outcome> {
     match scenario {
         Scenario::Relay(args) => Ok(Outcome {
             report: relay::run(args, progress)?,
+            text: None,
+        }),
+        Scenario::Record(args) => Ok(Outcome {
+            report: relay::run_record(args, progress)?,
             text: None,
         }),
         Scenario::Acd(args) => {

@@ -179,12 +179,21 @@ impl NgClient {
 
     /// `offer` from the caller with `sdp`; returns the SDP the relay rewrote for the callee.
     pub fn offer(&mut self, ids: &CallIds, sdp: &str) -> Result<String> {
-        let reply = self.request(&json!({
+        self.offer_with(ids, sdp, false)
+    }
+
+    /// `offer`, with `record call: yes` when `record` is set.
+    pub fn offer_with(&mut self, ids: &CallIds, sdp: &str, record: bool) -> Result<String> {
+        let mut req = json!({
             "command": "offer",
             "call-id": ids.call_id,
             "from-tag": ids.from_tag,
             "sdp": sdp,
-        }))?;
+        });
+        if record {
+            req["record call"] = json!("yes");
+        }
+        let reply = self.request(&req)?;
         reply_sdp("offer", reply)
     }
 

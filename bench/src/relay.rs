@@ -218,8 +218,34 @@ impl RelayConfig {
 /// Runs the scenario: every round against every target, in alternation, and reports.
 pub fn run(args: &RelayArgs, progress: Progress) -> Result<Report> {
     let config = RelayConfig::from_args(args)?;
+    run_config("relay", &config, progress)
+}
+
+/// `switchboard-load record`: the relay scenario against one target twice in alternation,
+/// A without recording and B with every call recorded (NG `record call: yes`), so the
+/// comparison shows what recording costs in CPU, loss and latency.
+pub fn run_record(args: &RelayArgs, progress: Progress) -> Result<Report> {
+    if args.target.compare {
+        bail!("record compares the same target with and without recording: drop --compare");
+    }
+    let mut config = RelayConfig::from_args(args)?;
+    let Some(plain) = config.targets.first().cloned() else {
+        bail!("no target");
+    };
+    config.targets = vec![
+        plain.clone(),
+        Target {
+            label: "B",
+            record: true,
+            ..plain
+        },
+    ];
+    run_config("record", &config, progress)
+}
+
+fn run_config(scenario: &str, config: &RelayConfig, progress: Progress) -> Result<Report> {
     let settings = serde_json::to_value(&config.settings)?;
-    let mut report = Report::new("relay", settings);
+    let mut report = Report::new(scenario, settings);
     let mut totals: Vec<Option<Measurement>> = vec![None; config.targets.len()];
     for round in 1..=config.settings.rounds {
         for (i, target) in config.targets.iter().enumerate() {
@@ -227,7 +253,7 @@ pub fn run(args: &RelayArgs, progress: Progress) -> Result<Report> {
                 // Let the previous target's sockets and timers settle.
                 sleep_interruptible(Duration::from_secs(1))?;
             }
-            let m = run_once(&config, target, round, progress)?;
+            let m = run_once(config, target, round, progress)?;
             report.runs.push(RunReport {
                 label: target.label.to_string(),
                 round,
@@ -764,7 +790,7 @@ fn run_once(
 
     let setup_started = Instant::now();
     let mut ids_set_up = Vec::with_capacity(calls);
-    let streams = set_up_calls(config, &layout, &mut ng, &mut ids_set_up);
+    let streams = set_up_calls(config, target, &layout, &mut ng, &mut ids_set_up);
     let setup_seconds = setup_started.elapsed().as_secs_f64();
     let streams = match streams {
         Ok(streams) => streams,
@@ -858,6 +884,7 @@ fn run_once(
 /// that may exist on the target is in `ids_set_up`, also on failure, so it can be deleted.
 fn set_up_calls(
     config: &RelayConfig,
+    target: &Target,
     layout: &Layout,
     ng: &mut NgClient,
     ids_set_up: &mut Vec<CallIds>,
@@ -888,7 +915,7 @@ fn set_up_calls(
         let a_port = a_sock.local_addr()?.port();
         let b_port = b_sock.local_addr()?.port();
         let offer_sdp = sdp::audio_sdp(s.local_ip, a_port, call as u64, s.ptime_ms);
-        let to_b = ng.offer(&ids, &offer_sdp)?;
+        let to_b = ng.offer_with(&ids, &offer_sdp, target.record)?;
         let answer_sdp = sdp::audio_sdp(s.local_ip, b_port, call as u64, s.ptime_ms);
         let to_a = ng.answer(&ids, &answer_sdp)?;
         // B sends where the offer reply points; A where the answer reply points.
@@ -978,6 +1005,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         relay: RelayArgs,
+    }
+
+    #[test]
+    fn record_refuses_compare() {
+        let cli = Cli::try_parse_from([
+            "record",
+            "--compare",
+            "--ng-b",
+            "127.0.0.1:9",
+            "--duration",
+            "1",
+        ])
+        .unwrap();
+        let err = run_record(
+            &cli.relay,
+            Progress::from(&crate::cli::OutputArgs::default()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("drop --compare"), "{err}");
     }
 
     fn config(args: &[&str]) -> Result<RelayConfig> {
