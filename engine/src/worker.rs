@@ -45,8 +45,8 @@ const COMMANDS_PER_TURN: usize = 256;
 const SWEEP: Duration = Duration::from_millis(250);
 
 /// Drop reasons counted by a worker: the relay's, then the worker's own.
-pub const DROP_LABELS: [&str; DropReason::COUNT + 3] = {
-    let mut out = [""; DropReason::COUNT + 3];
+pub const DROP_LABELS: [&str; DropReason::COUNT + 4] = {
+    let mut out = [""; DropReason::COUNT + 4];
     let mut i = 0;
     while i < DropReason::COUNT {
         out[i] = DropReason::ALL[i].as_str();
@@ -55,14 +55,17 @@ pub const DROP_LABELS: [&str; DropReason::COUNT + 3] = {
     out[DropReason::COUNT] = DROP_UNKNOWN_PORT_LABEL;
     out[DropReason::COUNT + 1] = DROP_SEND_QUEUE_LABEL;
     out[DropReason::COUNT + 2] = DROP_SEND_REFUSED_LABEL;
+    out[DropReason::COUNT + 3] = DROP_SEND_FAILED_LABEL;
     out
 };
 const DROP_UNKNOWN_PORT_LABEL: &str = "unknown_port";
 const DROP_SEND_QUEUE_LABEL: &str = "send_queue_full";
 const DROP_SEND_REFUSED_LABEL: &str = "send_refused";
+const DROP_SEND_FAILED_LABEL: &str = "send_failed";
 const DROP_UNKNOWN_PORT: usize = DropReason::COUNT;
 const DROP_SEND_QUEUE: usize = DropReason::COUNT + 1;
 const DROP_SEND_REFUSED: usize = DropReason::COUNT + 2;
+const DROP_SEND_FAILED: usize = DropReason::COUNT + 3;
 
 /// A request to a worker.
 #[derive(Debug)]
@@ -830,19 +833,13 @@ impl Worker {
                 }
             }
         }
+        // Sends the kernel refused after the driver accepted them: cumulative in the driver.
         let s = self.driver.stats();
-        let set = |i: usize, v: u64| {
-            if let Some(c) = self.metrics.drops.get(i) {
-                c.store(v, std::sync::atomic::Ordering::Relaxed);
-            }
-        };
-        // Driver-level refusals are cumulative in the driver; the worker's own queue-full
-        // count is added on top of the driver's.
-        let _ = set;
-        let refused = s.send_errors + s.send_would_block + s.send_too_large + s.send_stale_token;
-        let c = &self.metrics.drops[DROP_SEND_REFUSED];
-        if refused > c.load(std::sync::atomic::Ordering::Relaxed) {
-            c.store(refused, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.metrics.drops.get(DROP_SEND_FAILED) {
+            c.store(
+                s.send_errors + s.send_would_block + s.send_stale_token,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 }

@@ -451,42 +451,30 @@ impl Control {
         let started = Instant::now();
         // Peek at the command: requests that report statistics need the call's counters
         // from its worker first.
-        let (command, call_id) = match switchboard_proto::ng::parse_datagram(data) {
-            Ok(m) => {
-                let cmd = m
-                    .dict
-                    .get("command")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_owned();
-                let id = m
-                    .dict
-                    .get("call-id")
-                    .or_else(|| m.dict.get("call id"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
-                (cmd, id)
-            }
-            Err(_) => ("invalid".to_owned(), None),
-        };
-        if command == "offer" && self.hub.is_draining() {
-            if let Some(id) = &call_id {
-                if !self.calls.contains_key(id) && !self.ng.sessions.contains(id) {
-                    let cookie = data.split(|b| *b == b' ').next().unwrap_or_default();
-                    let reply = switchboard_proto::ng::encode_reply(
-                        cookie,
-                        if data.get(cookie.len() + 1) == Some(&b'{') {
-                            switchboard_proto::ng::Encoding::Json
-                        } else {
-                            switchboard_proto::ng::Encoding::Bencode
-                        },
-                        &switchboard_proto::ng::error_reply(
-                            "Switchboard is shutting down: no new calls",
-                        ),
-                    );
-                    self.record_ng(&command, "error", started);
-                    return Some(reply);
-                }
+        let peek = switchboard_proto::ng::parse_datagram(data).ok();
+        let command = peek
+            .as_ref()
+            .and_then(|m| m.dict.get("command"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("invalid")
+            .to_owned();
+        let call_id = peek
+            .as_ref()
+            .and_then(|m| m.dict.get("call-id").or_else(|| m.dict.get("call id")))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        if let (Some(m), Some(id)) = (&peek, &call_id) {
+            let new_call = !self.calls.contains_key(id) && !self.ng.sessions.contains(id);
+            if command == "offer" && new_call && self.hub.is_draining() {
+                let reply = switchboard_proto::ng::encode_reply(
+                    &m.cookie,
+                    m.encoding,
+                    &switchboard_proto::ng::error_reply(
+                        "Switchboard is shutting down: no new calls",
+                    ),
+                );
+                self.record_ng(&command, "error", started);
+                return Some(reply);
             }
         }
         let mut stats = EngineStats {
