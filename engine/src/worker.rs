@@ -140,6 +140,15 @@ pub enum Command {
         /// What to do.
         op: TapOp,
     },
+    /// Decoded media: mixing, transcoding, supervision, prompts, DTMF (see [`MediaOp`]).
+    Media {
+        /// The call.
+        call: CallKey,
+        /// What to do.
+        op: MediaOp,
+        /// Told whether it worked, if anyone waits.
+        reply: Option<oneshot::Sender<Result<(), String>>>,
+    },
     /// Answers once every earlier command has been applied.
     Barrier {
         /// Signalled when reached.
@@ -147,6 +156,88 @@ pub enum Command {
     },
     /// Ends the worker thread.
     Shutdown,
+}
+
+/// A change to a call's decoded media. A call relays packet for packet until a `SetLegs`
+/// puts legs under its mixer; `Relay` returns it to relaying between two legs.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum MediaOp {
+    /// Puts legs under the call's mixer (the call starts mixing if it was relaying), or
+    /// changes their codecs. New members hear nobody until `Hears`.
+    SetLegs {
+        /// The legs and how their media is decoded and encoded.
+        legs: Vec<(LegKey, switchboard_proto::media::MediaLegConfig)>,
+    },
+    /// Stops mixing: the two legs are relayed packet for packet again, their output streams
+    /// carrying on (same SSRC, next sequence number).
+    Relay {
+        /// One leg.
+        a: LegKey,
+        /// The other.
+        b: LegKey,
+    },
+    /// Sets what a leg hears (a row of the hears-matrix).
+    Hears {
+        /// The listener.
+        leg: LegKey,
+        /// The legs it hears.
+        hears: Vec<LegKey>,
+    },
+    /// Mute (nobody hears the leg), deaf (the leg hears nothing) and gain.
+    LegFlags {
+        /// The leg.
+        leg: LegKey,
+        /// Muted.
+        mute: Option<bool>,
+        /// Deaf.
+        deaf: Option<bool>,
+        /// Gain applied to the leg's audio, dB.
+        gain_db: Option<f32>,
+    },
+    /// Plays a prompt or tone.
+    Play {
+        /// The prompt's id (chosen by the control plane).
+        id: u32,
+        /// The leg that hears it; `None`: every member.
+        leg: Option<LegKey>,
+        /// What to play.
+        source: switchboard_proto::media::PlaySource,
+        /// How many times; 0: until stopped.
+        repeat: u32,
+        /// A digit from the leg stops it.
+        stop_on_dtmf: bool,
+    },
+    /// Stops prompts: one by id, or every prompt of a leg (`leg`), or of the call.
+    StopPlay {
+        /// The prompt.
+        id: Option<u32>,
+        /// The leg.
+        leg: Option<LegKey>,
+    },
+    /// Sends DTMF digits to a leg (RFC 4733 events when it negotiated them, else tones).
+    SendDtmf {
+        /// The leg.
+        leg: LegKey,
+        /// The digits, in order.
+        digits: String,
+        /// Duration of each digit, ms.
+        duration_ms: u32,
+        /// Level of in-band tones, dBm0.
+        volume_dbm0: i8,
+    },
+    /// Drops (or passes again) digits sent by a leg.
+    BlockDtmf {
+        /// The leg.
+        leg: LegKey,
+        /// Blocked.
+        blocked: bool,
+    },
+    /// Removes one leg from the call and closes its sockets.
+    RemoveLeg {
+        /// The leg.
+        leg: LegKey,
+    },
 }
 
 /// Something a worker reports without being asked.
@@ -752,6 +843,11 @@ impl Worker {
                         at: now,
                         reason,
                     });
+                }
+            }
+            Command::Media { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(Err("decoded media is not available yet".into()));
                 }
             }
             Command::Barrier { reply } => {

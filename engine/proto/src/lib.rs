@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod bencode;
+pub mod media;
 pub mod ng;
 pub mod relay;
 pub mod rtcp;

@@ -21,8 +21,8 @@ mod types;
 
 pub use types::{
     EndReason, GlobalStats, InterfaceUsage, LocalPair, MediaCommand, NoStats, PortAllocator,
-    PortError, RangePorts, RecordingAction, RecordingLeg, RelayKind, RelaySpec, RemoteEndpoint,
-    StatsSnapshot, StatsSource, StreamSide, StreamStats, UnixMicros,
+    PortError, PromptSource, RangePorts, RecordingAction, RecordingLeg, RelayKind, RelaySpec,
+    RemoteEndpoint, SideCodecs, StatsSnapshot, StatsSource, StreamSide, StreamStats, UnixMicros,
 };
 
 use std::collections::{BTreeMap, HashMap};
@@ -906,6 +906,7 @@ fn relay_commands(call: &Call, a: usize, b: usize, count: usize, out: &mut Vec<M
                 RelayKind::Rtp
             },
             sides: [side(l1, m1, p1), side(l2, m2, p2)],
+            transcode: None,
         })));
     }
 }

@@ -166,6 +166,37 @@ pub struct RelaySpec {
     pub kind: RelayKind,
     /// The two parties, the one that created the media first.
     pub sides: [StreamSide; 2],
+    /// `Some` when the engine must decode and re-encode (the sides' codecs differ, or
+    /// `always transcode`): what each side sends and must receive. `None`: relay packet for
+    /// packet.
+    pub transcode: Option<Box<[SideCodecs; 2]>>,
+}
+
+/// The codecs of one side of a transcoded stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideCodecs {
+    /// Audio formats the party may send to the engine (from its SDP), in its order.
+    pub recv: Vec<crate::sdp::Codec>,
+    /// The format the engine sends to the party.
+    pub send: crate::sdp::Codec,
+    /// The `telephone-event` payload type the party sends, if negotiated.
+    pub recv_events: Option<u8>,
+    /// The `telephone-event` payload type to send digits to the party with; `None`: the
+    /// party gets in-band tones.
+    pub send_events: Option<u8>,
+    /// Packet time of the engine's output to the party (`ptime` option or the party's
+    /// `a=ptime`), ms.
+    pub ptime_ms: Option<u32>,
+}
+
+/// A prompt named by an NG `play media` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PromptSource {
+    /// A WAV file on the engine's machine (`file`).
+    File(String),
+    /// The bytes of a WAV file (`blob`).
+    Blob(Vec<u8>),
 }
 
 /// What the media plane must do after a request.
@@ -201,6 +232,89 @@ pub enum MediaCommand {
         action: RecordingAction,
         /// The request's `metadata`, as given.
         metadata: Option<String>,
+    },
+    /// `subscribe request`: a new party (`subscriber.tag` is the generated to-tag) that hears
+    /// the parties `sources` (tags) and sends nothing they hear (listen). Its remote side
+    /// arrives with [`MediaCommand::SubscribeAnswer`].
+    Subscribe {
+        /// The NG call-id.
+        call_id: String,
+        /// The subscriber's side (its local pair is allocated; `remote` is `None`).
+        subscriber: StreamSide,
+        /// Tags of the parties it hears.
+        sources: Vec<String>,
+        /// The codecs offered to the subscriber (the first is what the engine sends).
+        codecs: SideCodecs,
+    },
+    /// `subscribe answer`: the subscriber's SDP.
+    SubscribeAnswer {
+        /// The NG call-id.
+        call_id: String,
+        /// The subscriber's side with its remote address.
+        subscriber: StreamSide,
+        /// The codec it accepted.
+        codecs: SideCodecs,
+    },
+    /// `unsubscribe`: the subscriber leaves; its pair is already released.
+    Unsubscribe {
+        /// The NG call-id.
+        call_id: String,
+        /// The subscriber's tag.
+        tag: String,
+        /// Its pairs to close.
+        pairs: Vec<LocalPair>,
+    },
+    /// `connect`: media from party `from` is heard by party `to` (and the other way round
+    /// with `bidirectional`), on top of what they hear already: whisper and barge.
+    Connect {
+        /// The NG call-id.
+        call_id: String,
+        /// Tag of the party whose audio is added.
+        from: String,
+        /// Tag of the party that hears it.
+        to: String,
+        /// Both ways.
+        bidirectional: bool,
+    },
+    /// `play media`: play a prompt to the selected parties (empty: every party).
+    PlayMedia {
+        /// The NG call-id.
+        call_id: String,
+        /// Tags of the parties that hear it.
+        tags: Vec<String>,
+        /// The prompt.
+        source: PromptSource,
+        /// How many times to play it (`repeat-times`, at least 1).
+        repeat: u32,
+    },
+    /// `stop media`: stop prompts to the selected parties (empty: every party).
+    StopMedia {
+        /// The NG call-id.
+        call_id: String,
+        /// Tags.
+        tags: Vec<String>,
+    },
+    /// `play DTMF`: send a digit to the selected parties.
+    PlayDtmf {
+        /// The NG call-id.
+        call_id: String,
+        /// Tags (empty: every party).
+        tags: Vec<String>,
+        /// The digit.
+        digit: char,
+        /// Duration, ms.
+        duration_ms: u32,
+        /// Level in dBm0 (negative, e.g. -10), for in-band tones.
+        volume_dbm0: i8,
+    },
+    /// `block DTMF` / `unblock DTMF`: drop (or pass again) digits from the selected parties.
+    BlockDtmf {
+        /// The NG call-id.
+        call_id: String,
+        /// Tags (empty: every party).
+        tags: Vec<String>,
+        /// Block or unblock.
+        blocked: bool,
     },
 }
 

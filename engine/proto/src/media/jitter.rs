@@ -1,0 +1,7 @@
+//! placeholder
+/// Settings of a jitter buffer.
+#[derive(Debug, Clone)]
+pub struct JitterConfig {}
+/// A jitter buffer.
+#[derive(Debug)]
+pub struct JitterBuffer {}

@@ -1,0 +1,4 @@
+//! placeholder
+/// One leg's encoded output.
+#[derive(Debug)]
+pub struct LegOutput {}
