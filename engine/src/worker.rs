@@ -7,9 +7,24 @@
 //!
 //! Per datagram the worker does a table lookup from the driver's port token to (call, leg,
 //! component), lets the call's relay decide, and queues the very same bytes on the target
-//! leg's socket; when the call is being recorded it also copies the packet into its
-//! recording tap ring ([`crate::record::ring`]). No allocation, no lock, no syscall of its
-//! own: the driver batches the I/O.
+//! leg's socket (or a copy with the relay's header [`Rewrite`] applied); when the call is being
+//! recorded it also copies the packet into its recording tap ring ([`crate::record::ring`]).
+//! No allocation, no lock, no syscall of its own: the driver batches the I/O.
+//!
+//! # Decoded media
+//!
+//! A call whose legs are put under a mixer ([`MediaOp::SetLegs`]) gets a [`MediaCall`]: the
+//! relay marks those legs mixed and hands their RTP back ([`RelayOutput::Consume`]); the
+//! worker pushes it into the media call. While any call on the worker mixes, the worker runs
+//! a 20 ms media clock: the driver's poll timeout is the sooner of the next sweep and the
+//! next tick, and on each tick every mixing call is ticked (at most [`MAX_CATCH_UP`] frames
+//! when the worker is late; the rest are skipped and counted). The packets a tick produces
+//! leave from the target leg's RTP socket to its current destination through the driver's
+//! send queue; the media call's events go out as [`WorkerEvent::Media`]. Streams carry on
+//! across the switches: a leg entering the mixer continues the stream the relay sent it
+//! ([`switchboard_proto::relay::RelayLeg::last_sent`]), a leg going back to relaying has the
+//! relay rewrite what it forwards to continue the mixer's stream
+//! ([`Relay::continue_stream`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -19,8 +34,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
+use switchboard_proto::media::{
+    MediaCall, MediaCallConfig, MediaEvent, MediaLegConfig, PlayId, PlayTarget,
+};
 use switchboard_proto::relay::{
-    Component, LegConfig, LegId, Relay, RelayConfig, RelayEvent, RelayOutput,
+    Component, LegConfig, LegId, Relay, RelayConfig, RelayEvent, RelayOutput, Rewrite,
 };
 use switchboard_proto::rtp::{RtpPacket, is_rtcp};
 use switchboard_proto::stats::DropReason;
@@ -43,6 +61,12 @@ pub const COMMAND_QUEUE: usize = 4096;
 const COMMANDS_PER_TURN: usize = 256;
 /// How often timers are swept and counters published.
 const SWEEP: Duration = Duration::from_millis(250);
+/// The media clock's period (one mixing frame).
+const TICK: Duration = Duration::from_millis(switchboard_proto::media::FRAME_MS as u64);
+/// Most frames a late media clock catches up on in one go; older ones are skipped.
+pub const MAX_CATCH_UP: u32 = 3;
+/// Most digits one [`MediaOp::SendDtmf`] may queue.
+pub const MAX_DTMF_DIGITS: usize = 64;
 
 /// Drop reasons counted by a worker: the relay's, then the worker's own.
 pub const DROP_LABELS: [&str; DropReason::COUNT + 4] = {
@@ -262,6 +286,20 @@ pub enum WorkerEvent {
         /// Packets dropped on this call so far.
         frames: u64,
     },
+    /// Something the call's media reported: a DTMF digit, talking on or off, a prompt that
+    /// ended. `leg` is the control plane's name for the leg the event is about (`None` for
+    /// events about no leg, such as [`MediaEvent::PlayDone`]); the [`LegId`]s inside `event`
+    /// are the worker's own and mean nothing outside it.
+    Media {
+        /// The call.
+        call: CallKey,
+        /// The worker.
+        worker: usize,
+        /// The leg the event is about.
+        leg: Option<LegKey>,
+        /// What happened.
+        event: MediaEvent,
+    },
 }
 
 /// Receive statistics of one stream (RTP or RTCP) of a leg.
@@ -300,6 +338,29 @@ pub struct LegStats {
     pub mos: Option<f64>,
     /// Packets dropped on this leg.
     pub dropped: u64,
+    /// Whether the leg's media is decoded and mixed (rather than relayed).
+    pub mixed: bool,
+    /// Its decoded input, when mixed.
+    pub media: Option<LegMediaStats>,
+}
+
+/// The decoded input of a mixed leg.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LegMediaStats {
+    /// Audio buffered in the jitter buffer now, ms.
+    pub jitter_depth_ms: u32,
+    /// The jitter buffer's target delay, ms.
+    pub jitter_target_ms: u32,
+    /// Frames filled by concealment.
+    pub concealed_frames: u64,
+    /// Packets that arrived after their playout time.
+    pub late: u64,
+    /// Packets never received.
+    pub lost: u64,
+    /// Payloads the decoder refused.
+    pub decode_errors: u64,
+    /// Talking now (voice activity).
+    pub talking: bool,
 }
 
 /// Statistics of one call.
@@ -392,25 +453,43 @@ struct LegEntry {
 struct CallEntry {
     key: CallKey,
     relay: Relay,
-    legs: Vec<LegEntry>,
+    /// Indexed by the relay's slot ([`LegId::index`]), so a leg is found in O(1).
+    legs: Vec<Option<LegEntry>>,
     tap: CallTap,
+    /// The call's decoded media, while any of its legs is mixed.
+    media: Option<Box<MediaCall>>,
 }
 
 impl CallEntry {
-    fn token(&self, leg: LegId, component: Component) -> Option<PortToken> {
+    fn leg(&self, id: LegId) -> Option<&LegEntry> {
         self.legs
-            .iter()
-            .find(|l| l.id == leg)
-            .map(|l| match component {
-                Component::Rtp => l.rtp,
-                Component::Rtcp => l.rtcp,
-            })
+            .get(id.index())
+            .and_then(Option::as_ref)
+            .filter(|l| l.id == id)
+    }
+
+    fn legs(&self) -> impl Iterator<Item = &LegEntry> + '_ {
+        self.legs.iter().flatten()
+    }
+
+    fn leg_count(&self) -> usize {
+        self.legs().count()
+    }
+
+    fn id_of(&self, key: LegKey) -> Option<LegId> {
+        self.legs().find(|l| l.key == key).map(|l| l.id)
+    }
+
+    fn token(&self, leg: LegId, component: Component) -> Option<PortToken> {
+        self.leg(leg).map(|l| match component {
+            Component::Rtp => l.rtp,
+            Component::Rtcp => l.rtcp,
+        })
     }
 
     fn stats(&self, driver: &impl Driver) -> CallStats {
         let legs = self
-            .legs
-            .iter()
+            .legs()
             .filter_map(|l| {
                 let r = self.relay.leg(l.id)?;
                 let rtp = r.rtp_stats();
@@ -436,6 +515,19 @@ impl CallEntry {
                     rtt_ms: rtcp.rtt().map(|d| d.as_secs_f64() * 1000.0),
                     mos: r.mos(),
                     dropped: r.drops().total(),
+                    mixed: r.is_mixed(),
+                    media: self.media.as_ref().and_then(|m| {
+                        let i = m.input_stats(l.id)?;
+                        Some(LegMediaStats {
+                            jitter_depth_ms: i.depth_ms,
+                            jitter_target_ms: i.target_delay_ms,
+                            concealed_frames: i.concealed_frames,
+                            late: i.late,
+                            lost: i.lost,
+                            decode_errors: i.decode_errors,
+                            talking: m.is_talking(l.id),
+                        })
+                    }),
                 })
             })
             .collect();
@@ -499,6 +591,8 @@ pub fn spawn(
                 by_key: HashMap::new(),
                 routes: Vec::new(),
                 tap,
+                next_tick: None,
+                mixing_calls: 0,
             };
             w.run();
         })?;
@@ -535,16 +629,58 @@ struct Worker {
     by_key: HashMap<CallKey, u32>,
     routes: Vec<Option<PortRoute>>,
     tap: Option<TapProducer>,
+    /// The media clock's next tick, while any call mixes.
+    next_tick: Option<Instant>,
+    /// Calls with a [`MediaCall`].
+    mixing_calls: usize,
 }
 
 fn micros(epoch: Instant) -> Micros {
     Micros(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
 }
 
+/// `at` on the engine's clock.
+fn micros_at(epoch: Instant, at: Instant) -> Micros {
+    Micros(u64::try_from(at.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Sends one packet a mixer produced for `leg`: from the leg's RTP socket to where its media
+/// goes now. Counts what could not be sent.
+fn send_media(
+    driver: &mut rt::AnyDriver,
+    metrics: &WorkerMetrics,
+    relay: &Relay,
+    legs: &[Option<LegEntry>],
+    leg: LegId,
+    data: &[u8],
+) {
+    let Some(token) = legs
+        .get(leg.index())
+        .and_then(Option::as_ref)
+        .filter(|l| l.id == leg)
+        .map(|l| l.rtp)
+    else {
+        metrics.drop_packet(DropReason::UnknownLeg.index());
+        return;
+    };
+    let Some((_, dst)) = relay.leg(leg).and_then(|l| l.destination(Component::Rtp)) else {
+        metrics.drop_packet(DropReason::NoDestination.index());
+        return;
+    };
+    match driver.queue_send(token, dst, data) {
+        Ok(()) => {
+            WorkerMetrics::add(&metrics.media_packets_out, 1);
+            WorkerMetrics::add(&metrics.media_bytes_out, data.len() as u64);
+        }
+        Err(rt::SendError::QueueFull { .. }) => metrics.drop_packet(DROP_SEND_QUEUE),
+        Err(_) => metrics.drop_packet(DROP_SEND_REFUSED),
+    }
+}
+
 /// Copies a relayed RTP packet into the recording tap when a running recording needs its
 /// leg; counts it on the call when the ring has no room. No allocation, no lock.
 fn tap_packet(p: &mut TapProducer, call: &mut CallEntry, leg: LegId, now: Micros, data: &[u8]) {
-    let Some(key) = call.legs.iter().find(|l| l.id == leg).map(|l| l.key) else {
+    let Some(key) = call.leg(leg).map(|l| l.key) else {
         return;
     };
     if !call.tap.wants(key) || is_rtcp(data) {
@@ -556,6 +692,101 @@ fn tap_packet(p: &mut TapProducer, call: &mut CallEntry, leg: LegId, now: Micros
     if !p.push_packet(call.key, key, now, &pkt) {
         call.tap.note_drop();
     }
+}
+
+/// The control plane's name for the leg a media event is about.
+fn event_leg_in(legs: &[Option<LegEntry>], event: &MediaEvent) -> Option<LegKey> {
+    let id = match event {
+        MediaEvent::Dtmf { leg, .. } | MediaEvent::Talking { leg, .. } => *leg,
+        _ => return None,
+    };
+    legs.get(id.index())
+        .and_then(Option::as_ref)
+        .filter(|l| l.id == id)
+        .map(|l| l.key)
+}
+
+/// `0`-`9`, `*`, `#`, `A`-`D` (either case).
+fn is_dtmf_digit(c: char) -> bool {
+    matches!(c.to_ascii_uppercase(), '0'..='9' | '*' | '#' | 'A'..='D')
+}
+
+/// The call's media call, or an error when it is not mixing.
+fn mixer(entry: &mut CallEntry, call: CallKey) -> Result<&mut MediaCall, String> {
+    entry
+        .media
+        .as_deref_mut()
+        .ok_or_else(|| format!("call {call} is not mixing (no SetLegs yet)"))
+}
+
+/// Puts legs under the call's mixer (creating it) or updates their codecs.
+fn set_legs(
+    entry: &mut CallEntry,
+    now: Micros,
+    ids: &[LegId],
+    legs: Vec<(LegKey, MediaLegConfig)>,
+) -> Result<(), String> {
+    let media = entry
+        .media
+        .get_or_insert_with(|| Box::new(MediaCall::new(MediaCallConfig::default())));
+    let relay = &mut entry.relay;
+    for (&id, (key, cfg)) in ids.iter().zip(legs) {
+        let events_pt = cfg.recv_events;
+        if media.contains(id) {
+            media
+                .update_leg(now, id, cfg)
+                .map_err(|e| format!("leg {key}: {e}"))?;
+        } else {
+            let seed = relay.leg(id).and_then(|l| l.last_sent());
+            let dtmf_blocked = relay.leg(id).is_some_and(|l| l.is_dtmf_blocked());
+            media
+                .add_leg(now, id, cfg, seed)
+                .map_err(|e| format!("leg {key}: {e}"))?;
+            if dtmf_blocked {
+                media
+                    .set_dtmf_blocked(id, true)
+                    .map_err(|e| format!("leg {key}: {e}"))?;
+            }
+            // The mixer feeds this leg now: nothing is relayed to or from it.
+            relay.clear_forwards(id).map_err(|e| e.to_string())?;
+            relay.continue_stream(id, None).map_err(|e| e.to_string())?;
+            relay.set_mixed(id, true).map_err(|e| e.to_string())?;
+        }
+        relay
+            .set_telephone_event(id, events_pt)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Ends the call's mixing: every member goes back to the relay, which continues the stream
+/// the mixer sent each of them.
+fn stop_mixing(entry: &mut CallEntry) {
+    let Some(mut media) = entry.media.take() else {
+        return;
+    };
+    for l in entry.legs.iter().flatten() {
+        if !media.contains(l.id) {
+            continue;
+        }
+        let seed = media.remove_leg(l.id);
+        let _ = entry.relay.continue_stream(l.id, seed);
+        let _ = entry.relay.set_mixed(l.id, false);
+    }
+}
+
+/// Queues a copy of a forwarded RTP packet with its header rewritten.
+fn push_rewritten(
+    tx: &mut rt::SendQueue,
+    token: PortToken,
+    dst: SocketAddr,
+    data: &[u8],
+    rw: Rewrite,
+) -> Result<(), rt::SendError> {
+    tx.push_with(token, dst, data.len(), |buf| {
+        buf.copy_from_slice(data);
+        rw.apply(buf);
+    })
 }
 
 /// CPU time of the calling thread, from `/proc/thread-self/schedstat` (nanoseconds on CPU).
@@ -573,13 +804,18 @@ impl Worker {
             if let Some(t) = &mut self.tap {
                 t.flush_marks();
             }
-            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let deadline = match self.next_tick {
+                Some(t) => t.min(next_sweep),
+                None => next_sweep,
+            };
+            let wait = deadline.saturating_duration_since(Instant::now());
             if !self.poll_media(wait) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             if !self.handle_commands() {
                 break;
             }
+            self.media_clock();
             if Instant::now() >= next_sweep {
                 self.sweep();
                 next_sweep = Instant::now() + SWEEP;
@@ -639,7 +875,12 @@ impl Worker {
                             metrics.drop_packet(DROP_UNKNOWN_PORT);
                             continue;
                         };
-                        match tx.push(token, t.dst, dg.data) {
+                        let data: &[u8] = dg.data;
+                        let sent = match t.rewrite {
+                            None => tx.push(token, t.dst, data),
+                            Some(rw) => push_rewritten(tx, token, t.dst, data, rw),
+                        };
+                        match sent {
                             Ok(()) => {
                                 tx_packets += 1;
                                 tx_bytes += dg.data.len() as u64;
@@ -653,6 +894,21 @@ impl Worker {
                     if route.component == Component::Rtp && !call.tap.is_empty() {
                         if let Some(p) = tap.as_mut() {
                             tap_packet(p, call, route.leg, now, dg.data);
+                        }
+                    }
+                }
+                RelayOutput::Consume(kind) => {
+                    // RTCP from a mixed leg is only counted (by the relay).
+                    if kind == Component::Rtp {
+                        if let Some(media) = call.media.as_mut() {
+                            if let Err(reason) = media.push_rtp(now, route.leg, dg.data) {
+                                metrics.drop_packet(reason.index());
+                            }
+                        }
+                        if !call.tap.is_empty() {
+                            if let Some(p) = tap.as_mut() {
+                                tap_packet(p, call, route.leg, now, dg.data);
+                            }
                         }
                     }
                 }
@@ -711,6 +967,7 @@ impl Worker {
                     relay,
                     legs: Vec::new(),
                     tap: CallTap::default(),
+                    media: None,
                 };
                 let slot = match self.free_slots.pop() {
                     Some(s) => {
@@ -763,7 +1020,11 @@ impl Worker {
                         return;
                     }
                 };
-                entry.legs.push(LegEntry {
+                let i = id.index();
+                if entry.legs.len() <= i {
+                    entry.legs.resize_with(i + 1, || None);
+                }
+                entry.legs[i] = Some(LegEntry {
                     key: leg,
                     id,
                     rtp: rtp_token,
@@ -786,7 +1047,7 @@ impl Worker {
             }
             Command::UpdateLeg { call, leg, config } => {
                 if let Some(entry) = self.call_mut(call) {
-                    if let Some(id) = entry.legs.iter().find(|l| l.key == leg).map(|l| l.id) {
+                    if let Some(id) = entry.id_of(leg) {
                         if let Err(e) = entry.relay.update_leg(id, config) {
                             warn!(call, leg, error = %e, "cannot update leg");
                         }
@@ -795,8 +1056,7 @@ impl Worker {
             }
             Command::Connect { call, a, b } => {
                 if let Some(entry) = self.call_mut(call) {
-                    let find = |k| entry.legs.iter().find(|l| l.key == k).map(|l| l.id);
-                    if let (Some(a), Some(b)) = (find(a), find(b)) {
+                    if let (Some(a), Some(b)) = (entry.id_of(a), entry.id_of(b)) {
                         if let Err(e) = entry.relay.set_peer(a, b) {
                             warn!(call, error = %e, "cannot connect legs");
                         }
@@ -805,7 +1065,7 @@ impl Worker {
             }
             Command::Block { call, leg, blocked } => {
                 if let Some(entry) = self.call_mut(call) {
-                    if let Some(id) = entry.legs.iter().find(|l| l.key == leg).map(|l| l.id) {
+                    if let Some(id) = entry.id_of(leg) {
                         let _ = entry.relay.set_blocked(id, blocked);
                     }
                 }
@@ -845,9 +1105,14 @@ impl Worker {
                     });
                 }
             }
-            Command::Media { reply, .. } => {
+            Command::Media { call, op, reply } => {
+                let res = self.handle_media(now, call, op);
+                if let Err(e) = &res {
+                    debug!(call, error = %e, "media operation refused");
+                }
+                self.publish_counts();
                 if let Some(r) = reply {
-                    let _ = r.send(Err("decoded media is not available yet".into()));
+                    let _ = r.send(res);
                 }
             }
             Command::Barrier { reply } => {
@@ -873,28 +1138,253 @@ impl Worker {
             }
         }
         let stats = entry.stats(&self.driver);
-        for l in &entry.legs {
-            for t in [l.rtp, l.rtcp] {
-                if let Some(r) = self.routes.get_mut(t.index()) {
-                    *r = None;
-                }
-                let _ = self.driver.deregister(t);
-            }
+        for l in entry.legs() {
+            self.close_leg_sockets(l.rtp, l.rtcp);
         }
         self.free_slots.push(slot);
         self.publish_counts();
         Some(stats)
     }
 
-    fn publish_counts(&self) {
+    fn close_leg_sockets(&mut self, rtp: PortToken, rtcp: PortToken) {
+        for t in [rtp, rtcp] {
+            if let Some(r) = self.routes.get_mut(t.index()) {
+                *r = None;
+            }
+            let _ = self.driver.deregister(t);
+        }
+    }
+
+    fn publish_counts(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let calls = self.by_key.len() as u64;
-        let legs: usize = self.calls.iter().flatten().map(|c| c.legs.len()).sum();
-        self.metrics
-            .calls_active
-            .store(calls, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .legs_active
-            .store(legs as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut legs = 0usize;
+        let mut mixing = 0usize;
+        let mut members = 0usize;
+        for c in self.calls.iter().flatten() {
+            legs += c.leg_count();
+            if let Some(m) = &c.media {
+                mixing += 1;
+                members += m.len();
+            }
+        }
+        self.mixing_calls = mixing;
+        self.metrics.calls_active.store(calls, Relaxed);
+        self.metrics.legs_active.store(legs as u64, Relaxed);
+        self.metrics.mixing_calls.store(mixing as u64, Relaxed);
+        self.metrics.mixed_legs.store(members as u64, Relaxed);
+        if mixing == 0 {
+            self.next_tick = None;
+        } else if self.next_tick.is_none() {
+            self.next_tick = Some(Instant::now() + TICK);
+        }
+    }
+
+    /// Runs the media clock: ticks every mixing call for each 20 ms frame that is due (at most
+    /// [`MAX_CATCH_UP`]; older frames are skipped), sends what they produce and reports
+    /// their events.
+    fn media_clock(&mut self) {
+        let Some(mut due) = self.next_tick else {
+            return;
+        };
+        let now = Instant::now();
+        if now < due {
+            return;
+        }
+        let mut frames = 0u32;
+        while due <= now && frames < MAX_CATCH_UP {
+            self.tick_all(micros_at(self.epoch, due));
+            due += TICK;
+            frames += 1;
+        }
+        let mut late = u64::from(frames.saturating_sub(1));
+        if due <= now {
+            // Too far behind: skip the frames that cannot be caught up.
+            let behind = now.saturating_duration_since(due).as_micros() / TICK.as_micros();
+            late += u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1);
+            due = now + TICK;
+        }
+        WorkerMetrics::add(&self.metrics.media_ticks, u64::from(frames));
+        WorkerMetrics::add(&self.metrics.media_late_ticks, late);
+        if self.next_tick.is_some() {
+            self.next_tick = Some(due);
+        }
+    }
+
+    /// One frame of every mixing call at `now`.
+    fn tick_all(&mut self, now: Micros) {
+        let Worker {
+            driver,
+            calls,
+            metrics,
+            events,
+            index,
+            ..
+        } = self;
+        for call in calls.iter_mut().flatten() {
+            let CallEntry {
+                relay, legs, media, ..
+            } = call;
+            let Some(media) = media.as_mut() else {
+                continue;
+            };
+            media.tick(now, &mut |leg, data| {
+                send_media(driver, metrics, relay, legs, leg, data);
+            });
+            while let Some(event) = media.poll_event() {
+                let ev = WorkerEvent::Media {
+                    call: call.key,
+                    worker: *index,
+                    leg: event_leg_in(legs, &event),
+                    event,
+                };
+                if events.try_send(ev).is_err() {
+                    WorkerMetrics::add(&metrics.media_events_dropped, 1);
+                }
+            }
+        }
+    }
+
+    /// Applies a [`MediaOp`] to a call.
+    fn handle_media(&mut self, now: Micros, call: CallKey, op: MediaOp) -> Result<(), String> {
+        let entry = self
+            .call_mut(call)
+            .ok_or_else(|| format!("unknown call {call}"))?;
+        let id_of = |entry: &CallEntry, key: LegKey| {
+            entry
+                .id_of(key)
+                .ok_or_else(|| format!("unknown leg {key} in call {call}"))
+        };
+        match op {
+            MediaOp::SetLegs { legs } => {
+                let ids = legs
+                    .iter()
+                    .map(|(k, _)| id_of(entry, *k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let res = set_legs(entry, now, &ids, legs);
+                if entry.media.as_ref().is_some_and(|m| m.is_empty()) {
+                    entry.media = None;
+                }
+                res
+            }
+            MediaOp::Relay { a, b } => {
+                if a == b {
+                    return Err(format!("cannot relay leg {a} to itself"));
+                }
+                let a = id_of(entry, a)?;
+                let b = id_of(entry, b)?;
+                stop_mixing(entry);
+                let relay = &mut entry.relay;
+                for id in [a, b] {
+                    relay.clear_forwards(id).map_err(|e| e.to_string())?;
+                }
+                relay.set_peer(a, b).map_err(|e| e.to_string())
+            }
+            MediaOp::Hears { leg, hears } => {
+                let listener = id_of(entry, leg)?;
+                let speakers = hears
+                    .iter()
+                    .map(|k| id_of(entry, *k))
+                    .collect::<Result<Vec<_>, _>>()?;
+                mixer(entry, call)?
+                    .set_hears(listener, &speakers)
+                    .map_err(|e| format!("leg {leg}: {e}"))
+            }
+            MediaOp::LegFlags {
+                leg,
+                mute,
+                deaf,
+                gain_db,
+            } => {
+                let id = id_of(entry, leg)?;
+                let media = mixer(entry, call)?;
+                let err = |e: switchboard_proto::media::MediaError| format!("leg {leg}: {e}");
+                if let Some(m) = mute {
+                    media.set_mute(id, m).map_err(err)?;
+                }
+                if let Some(d) = deaf {
+                    media.set_deaf(id, d).map_err(err)?;
+                }
+                if let Some(g) = gain_db {
+                    media.set_gain_db(id, g).map_err(err)?;
+                }
+                Ok(())
+            }
+            MediaOp::Play {
+                id,
+                leg,
+                source,
+                repeat,
+                stop_on_dtmf,
+            } => {
+                let target = match leg {
+                    Some(k) => PlayTarget::Leg(id_of(entry, k)?),
+                    None => PlayTarget::Call,
+                };
+                mixer(entry, call)?
+                    .play_start(PlayId(id), target, source, repeat, stop_on_dtmf)
+                    .map_err(|e| format!("play {id}: {e}"))
+            }
+            MediaOp::StopPlay { id, leg } => {
+                let target = match leg {
+                    Some(k) => Some(PlayTarget::Leg(id_of(entry, k)?)),
+                    None => None,
+                };
+                if let Some(media) = entry.media.as_mut() {
+                    let _ = media.play_stop(id.map(PlayId), target);
+                }
+                Ok(())
+            }
+            MediaOp::SendDtmf {
+                leg,
+                digits,
+                duration_ms,
+                volume_dbm0,
+            } => {
+                let id = id_of(entry, leg)?;
+                if digits.is_empty() || digits.chars().count() > MAX_DTMF_DIGITS {
+                    return Err(format!("between 1 and {MAX_DTMF_DIGITS} digits expected"));
+                }
+                if let Some(bad) = digits.chars().find(|c| !is_dtmf_digit(*c)) {
+                    return Err(format!("{bad:?} is not a DTMF digit"));
+                }
+                let media = mixer(entry, call)?;
+                for digit in digits.chars() {
+                    media
+                        .send_dtmf(id, digit.to_ascii_uppercase(), duration_ms, volume_dbm0)
+                        .map_err(|e| format!("leg {leg}: digit {digit:?}: {e}"))?;
+                }
+                Ok(())
+            }
+            MediaOp::BlockDtmf { leg, blocked } => {
+                let id = id_of(entry, leg)?;
+                entry
+                    .relay
+                    .set_dtmf_blocked(id, blocked)
+                    .map_err(|e| e.to_string())?;
+                if let Some(media) = entry.media.as_mut().filter(|m| m.contains(id)) {
+                    media
+                        .set_dtmf_blocked(id, blocked)
+                        .map_err(|e| format!("leg {leg}: {e}"))?;
+                }
+                Ok(())
+            }
+            MediaOp::RemoveLeg { leg } => {
+                let id = id_of(entry, leg)?;
+                if let Some(media) = entry.media.as_mut() {
+                    let _ = media.remove_leg(id);
+                    if media.is_empty() {
+                        entry.media = None;
+                    }
+                }
+                let _ = entry.relay.remove_leg(id);
+                let removed = entry.legs.get_mut(id.index()).and_then(Option::take);
+                if let Some(l) = removed {
+                    self.close_leg_sockets(l.rtp, l.rtcp);
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Media timeouts and driver counters.

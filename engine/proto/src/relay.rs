@@ -7,7 +7,27 @@
 //! targets (up to [`MAX_FORWARD_TARGETS`]): a packet that arrives on leg A is sent out on every
 //! target leg B **from B's local socket to B's remote address** (symmetric RTP, RFC 4961), bytes
 //! untouched: sequence number, timestamp and SSRC are kept and the caller sends the very buffer it
-//! received.
+//! received, unless the transmit carries a [`Rewrite`] (see below).
+//!
+//! # Mixed legs and stream continuity
+//!
+//! A leg whose media is decoded and mixed ([`Relay::set_mixed`]) is still parsed, admitted
+//! (latching, strict source) and counted here, but its packets are not forwarded:
+//! [`Relay::handle_packet`] returns [`RelayOutput::Consume`] and the caller hands RTP to the
+//! mixer.
+//!
+//! So that a leg sees one RTP stream while its call moves between relaying and mixing, the
+//! relay remembers, per target leg, the header of the last RTP packet sent to it
+//! ([`RelayLeg::last_sent`], an [`OutputSeed`] the mixer continues from). On the way back
+//! ([`Relay::continue_stream`]) the relay rewrites what it forwards to that leg: the SSRC of
+//! the mixer's stream, sequence numbers and timestamps offset to follow on from the mixer's
+//! last packet. Each transmit then carries the [`Rewrite`] to apply to a copy of the packet.
+//!
+//! # DTMF blocking
+//!
+//! A leg with a known `telephone-event` payload type ([`Relay::set_telephone_event`]) and DTMF
+//! blocked ([`Relay::set_dtmf_blocked`]) has its RFC 4733 event packets dropped as
+//! [`DropReason::DtmfBlocked`] (the mixer applies the same rule to mixed legs).
 //!
 //! # Endpoint learning ([`Latching`])
 //!
@@ -38,7 +58,8 @@
 //!   each [`Transmit`] of the returned [`RelayOutput`] right away), with
 //!   [`Relay::handle_timeout`] when the time from [`Relay::poll_timeout`] has come, and with the
 //!   control methods (`add_leg`, `update_leg`, `set_peer`, `add_forward`, `set_blocked`,
-//!   `remove_leg`) as signalling arrives.
+//!   `set_mixed`, `continue_stream`, `set_telephone_event`, `set_dtmf_blocked`, `remove_leg`)
+//!   as signalling arrives.
 //! - Then drain [`Relay::poll_event`] until `None` (endpoint latches), and ask
 //!   [`Relay::poll_timeout`] again: it is the next time `handle_timeout` must be called, or `None`
 //!   once the media timeout has fired (a later packet re-arms it).
@@ -54,21 +75,25 @@
 //! # Cost
 //!
 //! `handle_packet` allocates nothing and takes no lock: legs, targets, counters and the output
-//! live in fixed-size storage. The only allocation is the leg table, once, in [`Relay::new`].
+//! live in fixed-size storage. The leg table grows (a few slots at a time, up to
+//! [`MAX_LEGS`]) only in [`Relay::add_leg`].
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
+use crate::media::OutputSeed;
 use crate::rtcp::{self, NtpTime, RtcpCompound, RtcpPacket};
-use crate::rtp::{self, RtpPacket, Ssrc};
+use crate::rtp::{self, RtpPacket, RtpTimestamp, Ssrc};
 use crate::stats::{
     DropCounters, DropReason, PacketCounters, RemoteReport, RtcpReceiveStats, RtpReceiveStats,
     SenderInfo,
 };
 use crate::time::Micros;
 
-/// Most legs one relay holds at a time.
-pub const MAX_LEGS: usize = 8;
+/// Most legs one relay holds at a time (a large conference: every member is a leg).
+pub const MAX_LEGS: usize = 1 << SLOT_BITS;
+/// Leg slots reserved when a relay is created; the table grows on demand up to [`MAX_LEGS`].
+const INITIAL_SLOTS: usize = 4;
 /// Most forward targets per leg (a peer, plus listeners such as a supervisor or a recorder).
 pub const MAX_FORWARD_TARGETS: usize = 4;
 /// Sender reports remembered per leg for round-trip times.
@@ -76,7 +101,7 @@ const SR_MEMORY: usize = 4;
 /// Events held until drained.
 const EVENT_CAPACITY: usize = 8;
 
-const SLOT_BITS: u32 = 8;
+const SLOT_BITS: u32 = 10;
 const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
 const GENERATION_MASK: u32 = u32::MAX >> SLOT_BITS;
 
@@ -87,7 +112,7 @@ pub struct LegId(u32);
 
 impl LegId {
     fn new(slot: usize, generation: u32) -> Self {
-        // slot < MAX_LEGS <= 256, so it fits the low eight bits.
+        // slot < MAX_LEGS = 1 << SLOT_BITS, so it fits the low SLOT_BITS bits.
         LegId(((generation & GENERATION_MASK) << SLOT_BITS) | (slot as u32 & SLOT_MASK))
     }
 
@@ -228,13 +253,64 @@ pub struct Transmit {
     pub component: Component,
     /// Where to.
     pub dst: SocketAddr,
+    /// RTP header fields to write into a copy of the packet before sending it (the target
+    /// leg continues a stream the mixer sent it); `None`: send the bytes unchanged.
+    pub rewrite: Option<Rewrite>,
 }
 
-const NO_TRANSMIT: Transmit = Transmit {
-    from_leg: LegId(u32::MAX),
-    component: Component::Rtp,
-    dst: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
-};
+impl Transmit {
+    /// A transmit of the packet unchanged.
+    #[must_use]
+    pub const fn new(from_leg: LegId, component: Component, dst: SocketAddr) -> Self {
+        Transmit {
+            from_leg,
+            component,
+            dst,
+            rewrite: None,
+        }
+    }
+}
+
+const NO_TRANSMIT: Transmit = Transmit::new(
+    LegId(u32::MAX),
+    Component::Rtp,
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+);
+
+/// The RTP header of one forwarded packet as its target leg must see it: the SSRC of the
+/// stream the leg was receiving and the sequence number and timestamp that follow on from it
+/// (RFC 3550 §5.1). Apply it to a copy of the received bytes with [`Rewrite::apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The SSRC to write.
+    pub ssrc: Ssrc,
+    /// The sequence number to write.
+    pub seq: u16,
+    /// The timestamp to write.
+    pub timestamp: RtpTimestamp,
+}
+
+impl Rewrite {
+    /// Writes the sequence number, timestamp and SSRC into an RTP packet's fixed header.
+    /// A buffer shorter than the fixed header is left alone.
+    pub fn apply(&self, packet: &mut [u8]) {
+        if let Some(header) = packet.get_mut(2..12) {
+            header[0..2].copy_from_slice(&self.seq.to_be_bytes());
+            header[2..6].copy_from_slice(&self.timestamp.0.to_be_bytes());
+            header[6..10].copy_from_slice(&self.ssrc.0.to_be_bytes());
+        }
+    }
+}
+
+/// A leg's output stream continues one the mixer sent: what to replace in forwarded RTP.
+#[derive(Debug, Clone, Copy)]
+struct StreamRewrite {
+    ssrc: Ssrc,
+    seq_delta: u16,
+    ts_delta: u32,
+    /// The incoming SSRC the deltas were computed for; another SSRC re-anchors them.
+    anchored_on: Option<Ssrc>,
+}
 
 /// Up to [`MAX_FORWARD_TARGETS`] transmits of one received packet, stored inline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,20 +377,27 @@ impl<'a> IntoIterator for &'a Transmits {
 /// What to do with a received datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
+// Returned by value once per packet and consumed at once: boxing the transmits would
+// allocate per packet, which the relay never does.
+#[allow(clippy::large_enum_variant)]
 pub enum RelayOutput {
-    /// Send the received bytes, unchanged, once per transmit.
+    /// Send the received bytes once per transmit (unchanged, or with the transmit's
+    /// [`Rewrite`] applied to a copy).
     Forward(Transmits),
+    /// The leg is mixed ([`Relay::set_mixed`]): the datagram, of this kind (RTP or RTCP), was
+    /// admitted and counted; hand RTP to the mixer, forward nothing.
+    Consume(Component),
     /// Drop the datagram; it has been counted under this reason.
     Drop(DropReason),
 }
 
 impl RelayOutput {
-    /// The transmits, empty for a drop.
+    /// The transmits, empty for a drop or a consumed packet.
     #[must_use]
     pub fn transmits(&self) -> &[Transmit] {
         match self {
             RelayOutput::Forward(t) => t.as_slice(),
-            RelayOutput::Drop(_) => &[],
+            RelayOutput::Consume(_) | RelayOutput::Drop(_) => &[],
         }
     }
 
@@ -322,7 +405,7 @@ impl RelayOutput {
     #[must_use]
     pub fn drop_reason(&self) -> Option<DropReason> {
         match self {
-            RelayOutput::Forward(_) => None,
+            RelayOutput::Forward(_) | RelayOutput::Consume(_) => None,
             RelayOutput::Drop(r) => Some(*r),
         }
     }
@@ -389,6 +472,16 @@ pub struct RelayLeg {
     /// Sender reports recently forwarded *to* this leg, for RTT from its report blocks.
     sent_srs: [Option<ForwardedSr>; SR_MEMORY],
     next_sr: u8,
+    /// Media from this leg goes to the mixer, not to targets.
+    mixed: bool,
+    /// The `telephone-event` payload type this leg sends, if known.
+    telephone_event: Option<u8>,
+    /// Drop this leg's RFC 4733 events instead of forwarding them.
+    dtmf_blocked: bool,
+    /// Header of the last RTP packet sent to this leg (as the leg saw it).
+    last_sent: Option<OutputSeed>,
+    /// Forwarded RTP continues a stream the mixer sent to this leg.
+    rewrite: Option<StreamRewrite>,
 }
 
 impl RelayLeg {
@@ -407,6 +500,11 @@ impl RelayLeg {
             last_packet: None,
             sent_srs: [None; SR_MEMORY],
             next_sr: 0,
+            mixed: false,
+            telephone_event: None,
+            dtmf_blocked: false,
+            last_sent: None,
+            rewrite: None,
         }
     }
 
@@ -497,6 +595,38 @@ impl RelayLeg {
     #[must_use]
     pub fn is_blocked(&self) -> bool {
         self.blocked
+    }
+
+    /// Whether this leg's media goes to the mixer ([`Relay::set_mixed`]).
+    #[must_use]
+    pub fn is_mixed(&self) -> bool {
+        self.mixed
+    }
+
+    /// The `telephone-event` payload type this leg sends, if known.
+    #[must_use]
+    pub fn telephone_event(&self) -> Option<u8> {
+        self.telephone_event
+    }
+
+    /// Whether this leg's RFC 4733 events are dropped.
+    #[must_use]
+    pub fn is_dtmf_blocked(&self) -> bool {
+        self.dtmf_blocked
+    }
+
+    /// The header of the last RTP packet the relay sent to this leg, as the leg saw it (after
+    /// any [`Rewrite`]), or the seed given to [`Relay::continue_stream`]: where a mixer
+    /// taking over this leg's output carries on from.
+    #[must_use]
+    pub fn last_sent(&self) -> Option<OutputSeed> {
+        self.last_sent
+    }
+
+    /// Whether RTP forwarded to this leg is rewritten to continue a mixer's stream.
+    #[must_use]
+    pub fn is_rewriting(&self) -> bool {
+        self.rewrite.is_some()
     }
 
     /// MOS estimate of the media this leg sends us, from its loss and jitter and the round-trip
@@ -629,6 +759,56 @@ impl RelayLeg {
         }
     }
 
+    /// Notes an RTP packet (sent by a leg with `clock_rate`) going out to this leg at `now`;
+    /// returns the header rewrite to apply when this leg continues a mixer's stream.
+    fn note_sent(&mut self, now: Micros, p: &RtpPacket<'_>, clock_rate: u32) -> Option<Rewrite> {
+        let in_ssrc = p.ssrc();
+        let in_seq = p.sequence_number();
+        let in_ts = p.timestamp().0;
+        let (ssrc, seq, timestamp, rewrite) = match self.rewrite.as_mut() {
+            None => (in_ssrc, in_seq, in_ts, None),
+            Some(rw) => {
+                if rw.anchored_on != Some(in_ssrc) {
+                    // Follow on from the last packet this leg saw: the next sequence number,
+                    // the timestamp advanced by the time elapsed since.
+                    let (seq, ts) = match self.last_sent {
+                        Some(last) => {
+                            let elapsed = now.saturating_since(last.at);
+                            let ticks = elapsed.as_micros() * u128::from(clock_rate) / 1_000_000;
+                            // RTP timestamps wrap; only the low 32 bits matter.
+                            let ticks = (ticks & u128::from(u32::MAX)) as u32;
+                            (last.seq.wrapping_add(1), last.timestamp.wrapping_add(ticks))
+                        }
+                        None => (in_seq, in_ts),
+                    };
+                    rw.seq_delta = seq.wrapping_sub(in_seq);
+                    rw.ts_delta = ts.wrapping_sub(in_ts);
+                    rw.anchored_on = Some(in_ssrc);
+                }
+                let seq = in_seq.wrapping_add(rw.seq_delta);
+                let ts = in_ts.wrapping_add(rw.ts_delta);
+                let out = Rewrite {
+                    ssrc: rw.ssrc,
+                    seq,
+                    timestamp: RtpTimestamp(ts),
+                };
+                (rw.ssrc, seq, ts, Some(out))
+            }
+        };
+        self.last_sent = Some(OutputSeed {
+            ssrc: ssrc.0,
+            seq,
+            timestamp,
+            clock_rate,
+            at: now,
+        });
+        rewrite
+    }
+
+    fn clear_targets(&mut self) {
+        self.target_count = 0;
+    }
+
     fn add_target(&mut self, to: LegId) -> Result<(), RelayError> {
         if self.targets().contains(&to) {
             return Ok(());
@@ -752,7 +932,7 @@ impl Relay {
     pub fn new(now: Micros, config: RelayConfig) -> Self {
         Relay {
             config,
-            slots: Vec::with_capacity(MAX_LEGS),
+            slots: Vec::with_capacity(INITIAL_SLOTS),
             created: now,
             last_activity: now,
             timed_out: false,
@@ -883,6 +1063,68 @@ impl Relay {
         Ok(())
     }
 
+    /// Put a leg under the mixer (`true`) or back to relaying: a mixed leg's packets are
+    /// admitted and counted, then returned as [`RelayOutput::Consume`] instead of forwarded.
+    /// Its forward targets are kept (and ignored while mixed).
+    pub fn set_mixed(&mut self, id: LegId, mixed: bool) -> Result<(), RelayError> {
+        self.leg_mut(id).ok_or(RelayError::UnknownLeg(id))?.mixed = mixed;
+        Ok(())
+    }
+
+    /// Remove every forward from and to a leg.
+    pub fn clear_forwards(&mut self, id: LegId) -> Result<(), RelayError> {
+        self.leg_mut(id)
+            .ok_or(RelayError::UnknownLeg(id))?
+            .clear_targets();
+        for other in self.slots.iter_mut().filter_map(|s| s.leg.as_mut()) {
+            other.remove_target(id);
+        }
+        Ok(())
+    }
+
+    /// From now on, RTP forwarded to leg `id` continues the stream described by `seed` (what
+    /// a mixer sent it last): the seed's SSRC, the next sequence number, timestamps advanced
+    /// by the time elapsed. `None` stops rewriting (forwarded packets go out unchanged).
+    pub fn continue_stream(
+        &mut self,
+        id: LegId,
+        seed: Option<OutputSeed>,
+    ) -> Result<(), RelayError> {
+        let leg = self.leg_mut(id).ok_or(RelayError::UnknownLeg(id))?;
+        match seed {
+            Some(seed) => {
+                leg.last_sent = Some(seed);
+                leg.rewrite = Some(StreamRewrite {
+                    ssrc: Ssrc(seed.ssrc),
+                    seq_delta: 0,
+                    ts_delta: 0,
+                    anchored_on: None,
+                });
+            }
+            None => leg.rewrite = None,
+        }
+        Ok(())
+    }
+
+    /// The `telephone-event` payload type leg `id` sends (RFC 4733), for
+    /// [`Self::set_dtmf_blocked`].
+    pub fn set_telephone_event(&mut self, id: LegId, pt: Option<u8>) -> Result<(), RelayError> {
+        self.leg_mut(id)
+            .ok_or(RelayError::UnknownLeg(id))?
+            .telephone_event = pt;
+        Ok(())
+    }
+
+    /// Drop (or forward again) the RFC 4733 event packets leg `id` sends, counted as
+    /// [`DropReason::DtmfBlocked`]. Needs the leg's payload type
+    /// ([`Self::set_telephone_event`]); mixed legs are left to the mixer.
+    pub fn set_dtmf_blocked(&mut self, id: LegId, blocked: bool) -> Result<(), RelayError> {
+        self.leg_mut(id)
+            .ok_or(RelayError::UnknownLeg(id))?
+            .dtmf_blocked = blocked;
+        Ok(())
+    }
+
     /// A leg, if it exists.
     #[must_use]
     pub fn leg(&self, id: LegId) -> Option<&RelayLeg> {
@@ -905,7 +1147,9 @@ impl Relay {
     }
 
     /// Decide what to do with a datagram received at `now` on `leg`'s `component` socket from
-    /// `src`. On [`RelayOutput::Forward`], send `data` unchanged once per transmit.
+    /// `src`. On [`RelayOutput::Forward`], send `data` once per transmit (with the transmit's
+    /// [`Rewrite`], if any, applied to a copy); on [`RelayOutput::Consume`], give RTP to the
+    /// mixer.
     pub fn handle_packet(
         &mut self,
         now: Micros,
@@ -955,13 +1199,26 @@ impl Relay {
             Parsed::Rtp(p) => source.rtp_stats.record_packet(now, &p, data.len()),
             Parsed::Rtcp(c) => source.record_rtcp(now, c),
         }
+        let dtmf_blocked = match parsed {
+            Parsed::Rtp(p) => {
+                source.dtmf_blocked
+                    && !source.mixed
+                    && source.telephone_event == Some(p.payload_type().get())
+            }
+            Parsed::Rtcp(_) => false,
+        };
         let verdict = if source.blocked {
             Err(DropReason::Blocked)
+        } else if dtmf_blocked {
+            Err(DropReason::DtmfBlocked)
+        } else if source.mixed {
+            Ok(None)
         } else if source.target_count == 0 {
             Err(DropReason::NoPeer)
         } else {
-            Ok((source.targets, source.target_count))
+            Ok(Some((source.targets, source.target_count)))
         };
+        let source_clock = source.config.clock_rate;
         if let Err(reason) = verdict {
             source.drops.record(reason);
         }
@@ -976,7 +1233,8 @@ impl Relay {
             });
         }
         let (targets, count) = match verdict {
-            Ok(t) => t,
+            Ok(Some(t)) => t,
+            Ok(None) => return RelayOutput::Consume(kind),
             Err(reason) => return RelayOutput::Drop(reason),
         };
 
@@ -989,21 +1247,26 @@ impl Relay {
                 continue;
             };
             target.forwarded.record(now, data.len());
-            if let Parsed::Rtcp(c) = parsed {
-                for packet in c.packets() {
-                    if let RtcpPacket::SenderReport(sr) = packet {
-                        target.remember_forwarded_sr(ForwardedSr {
-                            ssrc: sr.ssrc(),
-                            ntp_middle: sr.ntp_time().middle(),
-                            at: now,
-                        });
+            let rewrite = match parsed {
+                Parsed::Rtp(p) => target.note_sent(now, &p, source_clock),
+                Parsed::Rtcp(c) => {
+                    for packet in c.packets() {
+                        if let RtcpPacket::SenderReport(sr) = packet {
+                            target.remember_forwarded_sr(ForwardedSr {
+                                ssrc: sr.ssrc(),
+                                ntp_middle: sr.ntp_time().middle(),
+                                at: now,
+                            });
+                        }
                     }
+                    None
                 }
-            }
+            };
             out.push(Transmit {
                 from_leg: to,
                 component: from_component,
                 dst,
+                rewrite,
             });
         }
         if out.is_empty() {
@@ -1103,11 +1366,7 @@ mod tests {
         assert_eq!(t.kind(), Component::Rtp);
         assert_eq!(
             t.as_slice(),
-            &[Transmit {
-                from_leg: b,
-                component: Component::Rtp,
-                dst: addr("10.2.0.1:5000")
-            }]
+            &[Transmit::new(b, Component::Rtp, addr("10.2.0.1:5000"))]
         );
         // B's media comes from a NAT address: it is latched and used.
         let out = r.handle_packet(Micros(2), b, Component::Rtp, addr("10.9.9.9:6000"), &rtp(1));
@@ -1205,11 +1464,7 @@ mod tests {
         let out = r.handle_packet(Micros(1), a, Component::Rtcp, addr("10.1.0.1:4001"), &sr);
         assert_eq!(
             out.transmits(),
-            &[Transmit {
-                from_leg: b,
-                component: Component::Rtcp,
-                dst: addr("10.2.0.1:5001")
-            }]
+            &[Transmit::new(b, Component::Rtcp, addr("10.2.0.1:5001"))]
         );
         // a=rtcp wins over port + 1.
         b_cfg.expected_rtcp = Some(addr("10.2.0.1:7000"));
@@ -1226,11 +1481,7 @@ mod tests {
         assert_eq!(t.kind(), Component::Rtcp);
         assert_eq!(
             t.as_slice(),
-            &[Transmit {
-                from_leg: b,
-                component: Component::Rtp,
-                dst: addr("10.2.0.1:5000")
-            }]
+            &[Transmit::new(b, Component::Rtp, addr("10.2.0.1:5000"))]
         );
         let leg_a = r.leg(a).unwrap();
         assert_eq!(leg_a.rtcp_stats().packets(), 3);
@@ -1440,6 +1691,248 @@ mod tests {
             &rtp(2),
         );
         assert_eq!(r.poll_timeout(), Some(Micros::from_secs(161)));
+    }
+
+    fn rtp_with(pt: u8, seq: u16, ts: u32, ssrc: u32) -> Vec<u8> {
+        let mut buf = vec![0xd5u8; 172];
+        RtpHeaderWriter::new(
+            PayloadType::new(pt).unwrap(),
+            seq,
+            RtpTimestamp(ts),
+            Ssrc(ssrc),
+        )
+        .write(&mut buf)
+        .unwrap();
+        buf
+    }
+
+    #[test]
+    fn relay_large_conference_leg_ids() {
+        let mut r = Relay::new(Micros::ZERO, RelayConfig::default());
+        assert!(
+            r.slots.capacity() < MAX_LEGS,
+            "the table is not preallocated"
+        );
+        let ids: Vec<_> = (0..MAX_LEGS)
+            .map(|_| r.add_leg(cfg("10.0.0.1:30000", None)).unwrap())
+            .collect();
+        assert_eq!(MAX_LEGS, 1024);
+        assert_eq!(ids[1000].index(), 1000);
+        assert_eq!(
+            r.add_leg(cfg("10.0.0.1:1", None)),
+            Err(RelayError::TooManyLegs)
+        );
+        r.remove_leg(ids[999]).unwrap();
+        let again = r.add_leg(cfg("10.0.0.1:1", None)).unwrap();
+        assert_eq!(again.index(), 999);
+        assert_ne!(again, ids[999]);
+        assert!(r.leg(ids[999]).is_none());
+        assert!(r.leg(ids[1023]).is_some());
+    }
+
+    #[test]
+    fn relay_mixed_leg_is_admitted_counted_and_consumed() {
+        let mut a_cfg = cfg("10.0.0.1:30000", Some("10.1.0.1:4000"));
+        a_cfg.strict_source = true;
+        let (mut r, a, b) = two_legs(a_cfg, cfg("10.0.0.1:30002", Some("10.2.0.1:5000")));
+        r.set_mixed(a, true).unwrap();
+        assert!(r.leg(a).unwrap().is_mixed());
+        let out = r.handle_packet(
+            Micros(10),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp(1),
+        );
+        assert_eq!(out, RelayOutput::Consume(Component::Rtp));
+        assert!(out.transmits().is_empty() && out.drop_reason().is_none());
+        let out = r.handle_packet(
+            Micros(11),
+            a,
+            Component::Rtp,
+            addr("10.6.6.6:4000"),
+            &rtp(2),
+        );
+        assert_eq!(out, RelayOutput::Drop(DropReason::StrictSource));
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 1];
+        let out = r.handle_packet(Micros(12), a, Component::Rtcp, addr("10.1.0.1:4001"), &rr);
+        assert_eq!(out, RelayOutput::Consume(Component::Rtcp));
+        let leg = r.leg(a).unwrap();
+        assert_eq!(leg.rtp_stats().packets(), 1);
+        assert_eq!(leg.rtcp_stats().packets(), 1);
+        assert_eq!(leg.learned(Component::Rtp), Some(addr("10.1.0.1:4000")));
+        assert_eq!(r.leg(b).unwrap().forwarded().packets, 0);
+        assert_eq!(r.last_activity(), Micros(12));
+        // Blocked wins over mixing.
+        r.set_blocked(a, true).unwrap();
+        let out = r.handle_packet(
+            Micros(13),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp(3),
+        );
+        assert_eq!(out, RelayOutput::Drop(DropReason::Blocked));
+        r.set_blocked(a, false).unwrap();
+        r.set_mixed(a, false).unwrap();
+        let out = r.handle_packet(
+            Micros(14),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp(4),
+        );
+        assert_eq!(out.transmits().len(), 1);
+        r.clear_forwards(a).unwrap();
+        assert!(r.leg(a).unwrap().targets().is_empty());
+        assert!(r.leg(b).unwrap().targets().is_empty());
+    }
+
+    #[test]
+    fn relay_remembers_last_sent_and_continues_a_stream() {
+        let (mut r, a, b) = two_legs(
+            cfg("10.0.0.1:30000", Some("10.1.0.1:4000")),
+            cfg("10.0.0.1:30002", Some("10.2.0.1:5000")),
+        );
+        assert_eq!(r.leg(b).unwrap().last_sent(), None);
+        let out = r.handle_packet(
+            Micros(1_000),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp_with(0, 100, 16_000, 0xaaaa),
+        );
+        assert_eq!(out.transmits()[0].rewrite, None);
+        assert_eq!(
+            r.leg(b).unwrap().last_sent(),
+            Some(OutputSeed {
+                ssrc: 0xaaaa,
+                seq: 100,
+                timestamp: 16_000,
+                clock_rate: 8000,
+                at: Micros(1_000),
+            })
+        );
+        // B was mixed for a while; the mixer's last packet to it had these fields.
+        let seed = OutputSeed {
+            ssrc: 0xbbbb,
+            seq: 65_535,
+            timestamp: u32::MAX - 79,
+            clock_rate: 8000,
+            at: Micros(2_000_000),
+        };
+        r.continue_stream(b, Some(seed)).unwrap();
+        assert!(r.leg(b).unwrap().is_rewriting());
+        assert_eq!(r.leg(b).unwrap().last_sent(), Some(seed));
+        // 20 ms later A's stream arrives again: B sees it as the mixer's stream carrying on.
+        let out = r.handle_packet(
+            Micros(2_020_000),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp_with(0, 500, 80_000, 0xaaaa),
+        );
+        let rw = out.transmits()[0].rewrite.unwrap();
+        assert_eq!(
+            rw,
+            Rewrite {
+                ssrc: Ssrc(0xbbbb),
+                seq: 0,
+                timestamp: RtpTimestamp(80),
+            }
+        );
+        let out = r.handle_packet(
+            Micros(2_040_000),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp_with(0, 501, 80_160, 0xaaaa),
+        );
+        let rw = out.transmits()[0].rewrite.unwrap();
+        assert_eq!((rw.seq, rw.timestamp), (1, RtpTimestamp(240)));
+        let mut pkt = rtp_with(0, 501, 80_160, 0xaaaa);
+        rw.apply(&mut pkt);
+        let p = RtpPacket::parse(&pkt).unwrap();
+        assert_eq!(
+            (p.ssrc(), p.sequence_number(), p.timestamp()),
+            (Ssrc(0xbbbb), 1, RtpTimestamp(240))
+        );
+        assert_eq!(p.payload(), &rtp(1)[12..]);
+        // What B saw last is what a mixer would continue from.
+        let last = r.leg(b).unwrap().last_sent().unwrap();
+        assert_eq!((last.ssrc, last.seq, last.timestamp), (0xbbbb, 1, 240));
+        // A new SSRC from A re-anchors: B's stream still continues.
+        let out = r.handle_packet(
+            Micros(2_060_000),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp_with(0, 7, 3, 0xcccc),
+        );
+        let rw = out.transmits()[0].rewrite.unwrap();
+        assert_eq!(
+            (rw.ssrc, rw.seq, rw.timestamp),
+            (Ssrc(0xbbbb), 2, RtpTimestamp(400))
+        );
+        // A's direction is untouched; a short buffer is left alone.
+        let out = r.handle_packet(
+            Micros(2_060_001),
+            b,
+            Component::Rtp,
+            addr("10.2.0.1:5000"),
+            &rtp(9),
+        );
+        assert_eq!(out.transmits()[0].rewrite, None);
+        let mut short = [1u8; 6];
+        rw.apply(&mut short);
+        assert_eq!(short, [1u8; 6]);
+        r.continue_stream(b, None).unwrap();
+        let out = r.handle_packet(
+            Micros(2_080_000),
+            a,
+            Component::Rtp,
+            addr("10.1.0.1:4000"),
+            &rtp(10),
+        );
+        assert_eq!(out.transmits()[0].rewrite, None);
+    }
+
+    #[test]
+    fn relay_blocks_telephone_events() {
+        let (mut r, a, b) = two_legs(
+            cfg("10.0.0.1:30000", Some("10.1.0.1:4000")),
+            cfg("10.0.0.1:30002", Some("10.2.0.1:5000")),
+        );
+        let src = addr("10.1.0.1:4000");
+        r.set_dtmf_blocked(a, true).unwrap();
+        // Without a known payload type nothing is recognised as an event.
+        let out = r.handle_packet(Micros(1), a, Component::Rtp, src, &rtp_with(101, 1, 0, 1));
+        assert_eq!(out.transmits().len(), 1);
+        r.set_telephone_event(a, Some(101)).unwrap();
+        assert_eq!(r.leg(a).unwrap().telephone_event(), Some(101));
+        assert!(r.leg(a).unwrap().is_dtmf_blocked());
+        let out = r.handle_packet(Micros(2), a, Component::Rtp, src, &rtp_with(101, 2, 0, 1));
+        assert_eq!(out, RelayOutput::Drop(DropReason::DtmfBlocked));
+        assert_eq!(r.leg(a).unwrap().drops().get(DropReason::DtmfBlocked), 1);
+        // Audio passes; so do events from the other leg.
+        let out = r.handle_packet(Micros(3), a, Component::Rtp, src, &rtp_with(0, 3, 160, 1));
+        assert_eq!(out.transmits().len(), 1);
+        let out = r.handle_packet(
+            Micros(4),
+            b,
+            Component::Rtp,
+            addr("10.2.0.1:5000"),
+            &rtp_with(101, 1, 0, 2),
+        );
+        assert_eq!(out.transmits().len(), 1);
+        // Mixed legs leave events to the mixer.
+        r.set_mixed(a, true).unwrap();
+        let out = r.handle_packet(Micros(5), a, Component::Rtp, src, &rtp_with(101, 4, 0, 1));
+        assert_eq!(out, RelayOutput::Consume(Component::Rtp));
+        r.set_mixed(a, false).unwrap();
+        r.set_dtmf_blocked(a, false).unwrap();
+        let out = r.handle_packet(Micros(6), a, Component::Rtp, src, &rtp_with(101, 5, 0, 1));
+        assert_eq!(out.transmits().len(), 1);
     }
 
     #[test]

@@ -55,11 +55,13 @@ pub enum DropReason {
     StrictSource,
     /// Media from this leg is blocked.
     Blocked,
+    /// An RFC 4733 event from a leg whose DTMF is blocked.
+    DtmfBlocked,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -78,6 +80,7 @@ impl DropReason {
         DropReason::NoDestination,
         DropReason::StrictSource,
         DropReason::Blocked,
+        DropReason::DtmfBlocked,
     ];
 
     /// A stable snake-case name for metric labels.
@@ -99,6 +102,7 @@ impl DropReason {
             DropReason::NoDestination => "no_destination",
             DropReason::StrictSource => "strict_source",
             DropReason::Blocked => "blocked",
+            DropReason::DtmfBlocked => "dtmf_blocked",
         }
     }
 

@@ -285,6 +285,9 @@ golden!(
     ipv6,
     ports_exhausted,
     media_kinds,
+    transcoding,
+    subscribe,
+    media_commands,
 );
 
 #[test]

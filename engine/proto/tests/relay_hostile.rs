@@ -163,6 +163,7 @@ impl Tally {
                 self.forwarded += 1;
             }
             RelayOutput::Drop(reason) => self.dropped.record(reason),
+            RelayOutput::Consume(_) => panic!("no leg of these scenarios is mixed"),
         }
     }
 

@@ -329,13 +329,6 @@ fn retransmission_returns_cached_reply_without_rerunning() {
 #[test]
 fn unsupported_options_are_named_never_silent() {
     let mut w = World::new();
-    let (r, _) = w.offer("c1", ALICE, r#","codec":{"transcode":["G729"]}"#);
-    assert_eq!(
-        reason(&r),
-        "Unsupported: codec transcode G729 (transcoding)"
-    );
-    let (r, _) = w.offer("c1", ALICE, r#","flags":["always transcode"]"#);
-    assert!(reason(&r).contains("always transcode"));
     let (r, _) = w.offer("c1", ALICE, r#","ICE":"force""#);
     assert!(reason(&r).contains("ICE"));
     let (r, _) = w.offer("c1", &ALICE.replace("RTP/AVP", "RTP/SAVP"), "");
@@ -355,8 +348,15 @@ fn unsupported_options_are_named_never_silent() {
         "recording works: {r:?}"
     );
     assert!(warning(&r).contains("bogus-flag"), "{r:?}");
-    let (r, _) = w.req(r#"{"command":"play media","call-id":"c1","from-tag":"ft","file":"/x"}"#);
-    assert!(reason(&r).contains("play media"));
+    let (r, _) = w.req(r#"{"command":"block media","call-id":"c1","from-tag":"ft"}"#);
+    assert!(reason(&r).contains("block media"));
+    // Codecs the engine cannot transcode are named in a warning and ignored.
+    let (r, _) = w.offer("c2", ALICE, r#","codec":{"transcode":["G729"]}"#);
+    assert_eq!(
+        warning(&r),
+        "Unsupported codecs for transcoding, ignored: G729"
+    );
+    assert!(!sdp_of(&r).contains("G729"));
 }
 
 fn recording(cmds: &[MediaCommand]) -> Vec<(RecordingAction, Option<&str>)> {

@@ -225,6 +225,7 @@ fn wants(topics: &[String], ev: &Value) -> bool {
         t == "all"
             || t == topic
             || (t == "calls" && topic == "call")
+            || (t == "media" && matches!(topic, "dtmf" | "talking" | "play" | "monitor"))
             || (t == "acd" && matches!(topic, "task" | "offer" | "agent"))
     })
 }
@@ -309,6 +310,7 @@ async fn dispatch(
         "record.start" | "record.pause" | "record.resume" | "record.stop" => {
             hub.record(op, req).await
         }
+        media if crate::media::OPS.contains(&media) => hub.media(media, req).await,
         "subscribe" => {
             let topics: Vec<String> = match req.get("topics") {
                 None => vec!["all".into()],
@@ -410,5 +412,10 @@ mod tests {
         assert!(wants(&["acd".into()], &json!({"event": "task.offered"})));
         assert!(wants(&["acd".into()], &json!({"event": "agent.state"})));
         assert!(!wants(&["acd".into()], &json!({"event": "call.created"})));
+        assert!(wants(&["calls".into()], &json!({"event": "call.ended"})));
+        for e in ["dtmf", "talking", "play.done", "monitor.mode"] {
+            assert!(wants(&["media".into()], &json!({"event": e})), "{e}");
+            assert!(!wants(&["calls".into()], &json!({"event": e})), "{e}");
+        }
     }
 }

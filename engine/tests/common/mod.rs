@@ -2,6 +2,9 @@
 //! with ports of its own, talk NG (JSON over UDP) to it, and send RTP through it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod ctl;
+pub mod media;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;

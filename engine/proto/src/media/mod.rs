@@ -18,11 +18,11 @@ pub mod mixer;
 pub mod output;
 pub mod play;
 
-pub use call::{MediaCall, MediaCallConfig};
+pub use call::{MediaCall, MediaCallConfig, MediaStats};
 pub use input::{InputConfig, InputStats, LegInput};
 pub use jitter::{JitterBuffer, JitterConfig};
 pub use output::LegOutput;
-pub use play::{PlayId, PlaySource, PlayTarget};
+pub use play::{PlayId, PlaySource, PlayTarget, ToneSpec};
 
 use switchboard_codecs::codec::CodecSpec;
 

@@ -156,6 +156,45 @@ pub enum NgError {
     /// The call (or the tag the request names) does not exist.
     #[error("Unknown call-id")]
     UnknownCallId,
+    /// The call does not exist, for the media and subscription commands (rtpengine spells it
+    /// with a capital `ID` there).
+    #[error("Unknown call-ID")]
+    UnknownCall,
+    /// A `from-tag` (or `from-tags` entry) that names no party of the call.
+    #[error("From-tag given, but no such tag exists")]
+    NoSuchFromTag,
+    /// A `to-tag` that names no party of the call.
+    #[error("To-tag given, but no such tag exists")]
+    NoSuchToTag,
+    /// A `label` that names no party of the call.
+    #[error("No call participant with given label")]
+    NoSuchLabel,
+    /// A media command without a party selector (`from-tag`, `to-tag`, `label`, `all`).
+    #[error("No participant party specified")]
+    NoParty,
+    /// `subscribe request` without any source party.
+    #[error("No monologues matched")]
+    NoMonologues,
+    /// `subscribe answer` for a to-tag that is not a subscription, or with SDP that does not
+    /// fit the subscription.
+    #[error("Failed to process subscription answer")]
+    SubscriptionAnswer,
+    /// `subscribe answer` for a to-tag no party has.
+    #[error("To-tag not found")]
+    ToTagNotFound,
+    /// `play media` without `file` or `blob`.
+    #[error("No media file specified")]
+    NoMediaFile,
+    /// `play DTMF` without a valid `code`/`digit`.
+    #[error("Out of range 'code' specified")]
+    DtmfCode,
+    /// A request that names the same party twice where two different parties are needed
+    /// (`connect` of a tag to itself, a subscription to itself).
+    #[error("Cannot connect a party to itself")]
+    SameParty,
+    /// `subscribe request` with a `to-tag` that already names a party.
+    #[error("To-tag already in use")]
+    TagInUse,
     /// `delete` with flag `fatal` for a call or tags that do not exist.
     #[error("Call-ID not found or tags didn't match")]
     CallNotFound,
@@ -304,6 +343,10 @@ pub struct Flags {
     pub reset: bool,
     /// `no jitter buffer` (no effect: relaying does not buffer).
     pub no_jitter_buffer: bool,
+    /// `directional` (`connect`: one way only).
+    pub directional: bool,
+    /// `bidirectional` (`connect`: both ways; `subscribe request`: the subscriber may talk).
+    pub bidirectional: bool,
 }
 
 /// The `replace` list.
@@ -349,7 +392,7 @@ pub struct CodecOptions {
     pub strip: Vec<String>,
     /// `offer`: keep these, in this order, ahead of the rest.
     pub offer: Vec<String>,
-    /// `transcode`: add these, transcoding (not supported yet).
+    /// `transcode`: add these, transcoding.
     pub transcode: Vec<String>,
     /// `mask`: hide these from the callee while still accepting them from the caller.
     pub mask: Vec<String>,
@@ -357,7 +400,7 @@ pub struct CodecOptions {
     pub accept: Vec<String>,
     /// `except`: exceptions to `strip: all`.
     pub except: Vec<String>,
-    /// `consume` (not supported yet).
+    /// `consume`: like `mask`; the codec is consumed by the relay (not passed on).
     pub consume: Vec<String>,
     /// `set` (not supported yet).
     pub set: Vec<String>,
@@ -416,6 +459,25 @@ pub struct NgOptions {
     pub limit: Option<i64>,
     /// `from-tags`.
     pub from_tags: Vec<String>,
+    /// `ptime-reverse`: the ptime to use towards the offerer, ms.
+    pub ptime_reverse: Option<u32>,
+    /// `file` of `play media`.
+    pub file: Option<String>,
+    /// `blob` of `play media`: the bytes as received.
+    pub blob: Option<Vec<u8>>,
+    /// `db-id` of `play media` (not supported).
+    pub db_id: Option<String>,
+    /// `repeat-times` of `play media`.
+    pub repeat_times: Option<i64>,
+    /// `code` of `play DTMF`, as given (a digit, a letter, or an event number 0–15).
+    pub code: Option<String>,
+    /// `digit` of `play DTMF`, as given.
+    pub digit: Option<String>,
+    /// `duration` of `play DTMF`, ms.
+    pub duration: Option<i64>,
+    /// `volume` of `play DTMF`, dB below full scale (rtpengine's sign: `8` and `-8` both mean
+    /// -8 dBm0).
+    pub volume: Option<i64>,
     /// Options that name functionality not built yet, as `name` or `name=value`.
     pub unsupported: Vec<String>,
     /// Flags (and list items of `replace`, `rtcp-mux`, `codec`) not known here.
@@ -614,6 +676,15 @@ impl NgRequest {
                     }
                 }
             }
+            "ptime reverse" => {
+                let p = int_of(raw, v)?;
+                o.ptime_reverse = Some(
+                    u32::try_from(p)
+                        .ok()
+                        .filter(|p| (1..=1000).contains(p))
+                        .ok_or_else(|| invalid(raw, "milliseconds in 1..=1000"))?,
+                );
+            }
             "ptime" => {
                 let p = int_of(raw, v)?;
                 o.ptime = Some(
@@ -660,10 +731,23 @@ impl NgRequest {
             | "trigger end" | "trigger end time" | "trigger end digits" | "dtmf delay" => {
                 o.unsupported.push(raw.to_owned());
             }
-            // Keys of commands this server refuses as a whole, and selectors it does not use.
-            "file" | "blob" | "db id" | "code" | "digit" | "duration" | "volume"
-            | "repeat times" | "frequency" | "address" | "interface" | "sip message type"
-            | "sip code" | "to tags" => {}
+            "file" => o.file = Some(string_of(raw, v)?),
+            "blob" => {
+                o.blob = Some(
+                    v.as_bytes()
+                        .map(<[u8]>::to_vec)
+                        .ok_or_else(|| invalid(raw, "a byte string"))?,
+                );
+            }
+            "db id" => o.db_id = Some(string_of(raw, v)?),
+            "repeat times" => o.repeat_times = Some(int_of(raw, v)?),
+            "code" => o.code = Some(string_of(raw, v)?),
+            "digit" => o.digit = Some(string_of(raw, v)?),
+            "duration" => o.duration = Some(int_of(raw, v)?),
+            "volume" => o.volume = Some(int_of(raw, v)?),
+            // Selectors this server does not use.
+            "frequency" | "address" | "interface" | "sip message type" | "sip code" | "to tags" => {
+            }
             _ => o.unknown_keys.push(raw.to_owned()),
         }
         Ok(())
@@ -750,6 +834,8 @@ impl NgRequest {
             "strip extmap" => fl.strip_extmap = true,
             "reset" => fl.reset = true,
             "no jitter buffer" => fl.no_jitter_buffer = true,
+            "directional" => fl.directional = true,
+            "bidirectional" => fl.bidirectional = true,
             "generate mid"
             | "single codec"
             | "symmetric codecs"
@@ -774,7 +860,8 @@ impl NgRequest {
             | "allow no codec media" => {
                 o.unsupported.push(trimmed.to_owned());
             }
-            "debug" | "no passthrough" | "skip recording db" | "recording vsc" | "all media" => {}
+            "debug" | "no passthrough" | "skip recording db" | "recording vsc" | "all media"
+            | "mix" => {}
             _ => o.unknown_flags.push(trimmed.to_owned()),
         }
         Ok(())

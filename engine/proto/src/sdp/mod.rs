@@ -16,7 +16,8 @@
 mod rewrite;
 
 pub use rewrite::{
-    CodecSelection, MediaRewrite, RewriteParams, RtcpAttr, apply_codec_options, rewrite,
+    CodecSelection, MediaRewrite, RewriteParams, RtcpAttr, apply_codec_options, remove_codecs,
+    rewrite,
 };
 
 use std::fmt::Write as _;

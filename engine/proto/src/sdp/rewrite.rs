@@ -296,7 +296,7 @@ fn is_all(spec: &str) -> bool {
 /// Applies `strip`, `mask`, `except`, `offer` and `transcode` to an offer's codecs, as
 /// rtpengine 10.5 does without transcoding:
 ///
-/// - `strip`/`mask` remove matching codecs; with `all` (or `full`) every codec goes except those
+/// - `strip`/`mask`/`consume` remove matching codecs; with `all` (or `full`) every codec goes except those
 ///   in `except` (kept in their order), followed by those in `offer` (in the listed order).
 /// - `offer` without `strip: all` changes nothing.
 /// - telephone-event and CN survive only while a primary codec of the same clock rate does.
@@ -305,29 +305,7 @@ fn is_all(spec: &str) -> bool {
 ///   [`CodecSelection::needs_transcoding`].
 #[must_use]
 pub fn apply_codec_options(codecs: &[Codec], opts: &CodecOptions) -> CodecSelection {
-    let removals: Vec<&String> = opts.strip.iter().chain(&opts.mask).collect();
-    let remove_all = removals.iter().any(|s| is_all(s));
-    let mut kept: Vec<Codec> = if remove_all {
-        let mut k: Vec<Codec> = codecs
-            .iter()
-            .filter(|c| opts.except.iter().any(|s| c.matches_spec(s)))
-            .cloned()
-            .collect();
-        for spec in &opts.offer {
-            if let Some(c) = codecs.iter().find(|c| {
-                c.matches_spec(spec) && !k.iter().any(|x| x.payload_type == c.payload_type)
-            }) {
-                k.push(c.clone());
-            }
-        }
-        k
-    } else {
-        codecs
-            .iter()
-            .filter(|c| !removals.iter().any(|s| c.matches_spec(s)))
-            .cloned()
-            .collect()
-    };
+    let mut kept = remove_codecs(codecs, opts);
     if kept.len() != codecs.len() {
         let primaries: Vec<u32> = kept
             .iter()
@@ -348,6 +326,41 @@ pub fn apply_codec_options(codecs: &[Codec], opts: &CodecOptions) -> CodecSelect
     CodecSelection {
         codecs: kept,
         needs_transcoding,
+    }
+}
+
+/// The removal step of [`apply_codec_options`] alone: `strip`, `mask`, `consume` (with
+/// `all`, keeping `except` and then `offer`), without dropping orphaned telephone-event/CN
+/// and without the fallback to the input when nothing remains.
+#[must_use]
+pub fn remove_codecs(codecs: &[Codec], opts: &CodecOptions) -> Vec<Codec> {
+    let removals: Vec<&String> = opts
+        .strip
+        .iter()
+        .chain(&opts.mask)
+        .chain(&opts.consume)
+        .collect();
+    let remove_all = removals.iter().any(|s| is_all(s));
+    if remove_all {
+        let mut k: Vec<Codec> = codecs
+            .iter()
+            .filter(|c| opts.except.iter().any(|s| c.matches_spec(s)))
+            .cloned()
+            .collect();
+        for spec in &opts.offer {
+            if let Some(c) = codecs.iter().find(|c| {
+                c.matches_spec(spec) && !k.iter().any(|x| x.payload_type == c.payload_type)
+            }) {
+                k.push(c.clone());
+            }
+        }
+        k
+    } else {
+        codecs
+            .iter()
+            .filter(|c| !removals.iter().any(|s| c.matches_spec(s)))
+            .cloned()
+            .collect()
     }
 }
 

@@ -16,7 +16,9 @@
 //! itself (media timeout) with [`Sessions::end_call`]. Ports come from the engine's
 //! [`PortAllocator`]; counters for replies from its [`StatsSource`].
 
+mod commands;
 mod report;
+mod transcode;
 mod types;
 
 pub use types::{
@@ -35,8 +37,7 @@ use crate::ng::{
     NgRequest, ReplaceOptions, RetransmitCache, RtcpMuxOptions,
 };
 use crate::sdp::{
-    self, Codec, CodecSelection, Direction, MediaInfo, MediaRewrite, RewriteParams, RtcpAttr,
-    SessionDescription,
+    self, Codec, Direction, MediaInfo, MediaRewrite, RewriteParams, RtcpAttr, SessionDescription,
 };
 use crate::time::Micros;
 
@@ -117,6 +118,17 @@ struct Leg {
     strict_source: bool,
     asymmetric: bool,
     media_handover: bool,
+    /// For a subscriber (`subscribe request`): the tags of the parties it hears. Empty for
+    /// the parties of the offer/answer dialogue.
+    sources: Vec<String>,
+    /// The last SDP received from this party, as sent (for `subscribe request`).
+    sdp_in: Option<String>,
+}
+
+impl Leg {
+    fn is_subscriber(&self) -> bool {
+        !self.sources.is_empty()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +155,16 @@ struct Media {
     /// The `rtcp-mux` options of the offer this party made.
     mux_options: RtcpMuxOptions,
     updated_wall: UnixMicros,
+    /// The offer of this media section allows transcoding (codecs added, masked, or
+    /// `always transcode`).
+    transcoding: bool,
+    /// `always transcode` was given for this media section.
+    always_transcode: bool,
+    /// The packet time asked for the engine's output to this party (`ptime` or
+    /// `ptime-reverse`).
+    ptime_out: Option<u32>,
+    /// What the engine decodes from and encodes to this party, when transcoding.
+    transcode: Option<SideCodecs>,
 }
 
 impl Media {
@@ -163,6 +185,10 @@ impl Media {
             rtcp_mux: false,
             mux_options: RtcpMuxOptions::default(),
             updated_wall: wall,
+            transcoding: false,
+            always_transcode: false,
+            ptime_out: None,
+            transcode: None,
         }
     }
 }
@@ -285,6 +311,15 @@ impl Sessions {
             Command::StartRecording => self.recording(request, RecordingAction::Start),
             Command::StopRecording => self.recording(request, RecordingAction::Stop),
             Command::PauseRecording => self.recording(request, RecordingAction::Pause),
+            Command::SubscribeRequest => self.subscribe_request(wall, request, ports),
+            Command::SubscribeAnswer => self.subscribe_answer(wall, request),
+            Command::Unsubscribe => self.unsubscribe(request, ports),
+            Command::Connect => self.connect(request),
+            Command::PlayMedia => self.play_media(request),
+            Command::StopMedia => self.stop_media(request),
+            Command::PlayDtmf => self.play_dtmf(request),
+            Command::BlockDtmf => self.block_dtmf(request, true),
+            Command::UnblockDtmf => self.block_dtmf(request, false),
             other => Err(NgError::Unsupported {
                 what: format!("command '{}' is not supported yet", other.name()),
             }),
@@ -410,7 +445,7 @@ impl Sessions {
             )));
         }
         let mut warnings = check_options(opts, &infos, &self.config)?;
-        let selections = select_codecs(&infos, opts)?;
+        let selections = select_codecs(&infos, opts, &mut warnings);
         if !self.calls.contains_key(call_id) && self.calls.len() >= self.config.max_calls {
             self.counters.rejected += 1;
             if opts.supports.iter().any(|s| s == "load limit") {
@@ -618,6 +653,7 @@ impl Sessions {
             .legs
             .iter()
             .enumerate()
+            .filter(|(_, leg)| !leg.is_subscriber())
             .filter_map(|(i, leg)| {
                 let media = leg
                     .medias
@@ -675,11 +711,8 @@ fn check_options(
     if matches!(opts.ice, Some(IceMode::Force | IceMode::ForceRelay)) {
         return unsupported("ICE=force (ICE)".to_owned());
     }
-    if opts.flags.always_transcode {
-        return unsupported("always transcode (transcoding)".to_owned());
-    }
-    if let Some(c) = opts.codec.consume.first().or(opts.codec.set.first()) {
-        return unsupported(format!("codec consume/set {c} (transcoding)"));
+    if let Some(c) = opts.codec.set.first() {
+        return unsupported(format!("codec set {c}"));
     }
     let mut warnings = Vec::new();
     let mut later: Vec<String> = opts.unsupported.clone();
@@ -731,28 +764,41 @@ fn ice_warning(opts: &NgOptions, infos: &[MediaInfo]) -> Option<String> {
         .then(|| "ICE is not supported yet: ICE attributes were removed".to_owned())
 }
 
+/// Applies the `codec` options to each RTP media section of an offer; `transcode` entries
+/// the engine cannot produce are ignored with a warning.
 fn select_codecs(
     infos: &[MediaInfo],
     opts: &NgOptions,
-) -> Result<Vec<Option<CodecSelection>>, NgError> {
-    let selections: Vec<Option<CodecSelection>> = infos
+    warnings: &mut Vec<String>,
+) -> Vec<Option<transcode::OfferCodecs>> {
+    let mut ignored = Vec::new();
+    let selections = infos
         .iter()
         .map(|m| {
-            m.is_rtp()
-                .then(|| sdp::apply_codec_options(&m.codecs, &opts.codec))
+            m.is_rtp().then(|| {
+                transcode::offer_codecs(
+                    &m.codecs,
+                    &opts.codec,
+                    opts.flags.always_transcode,
+                    &mut ignored,
+                )
+            })
         })
         .collect();
-    let missing: Vec<String> = selections
-        .iter()
-        .flatten()
-        .flat_map(|s| s.needs_transcoding.iter().cloned())
-        .collect();
-    if !missing.is_empty() {
-        return Err(NgError::Unsupported {
-            what: format!("codec transcode {} (transcoding)", missing.join(", ")),
-        });
+    ignored.dedup();
+    if !ignored.is_empty() {
+        let shown: Vec<&str> = ignored.iter().take(8).map(String::as_str).collect();
+        let more = ignored.len().saturating_sub(shown.len());
+        let mut w = format!(
+            "Unsupported codecs for transcoding, ignored: {}",
+            shown.join(", ")
+        );
+        if more > 0 {
+            w.push_str(&format!(" and {more} more"));
+        }
+        warnings.push(w);
     }
-    Ok(selections)
+    selections
 }
 
 fn leg_index(call: &Call, tag: &str) -> Option<usize> {
@@ -777,6 +823,8 @@ fn add_leg(call: &mut Call, tag: &str, ctx: &Ctx<'_>) -> Result<usize, NgError> 
         strict_source: false,
         asymmetric: false,
         media_handover: false,
+        sources: Vec::new(),
+        sdp_in: None,
     });
     Ok(call.legs.len() - 1)
 }
@@ -906,7 +954,10 @@ fn relay_commands(call: &Call, a: usize, b: usize, count: usize, out: &mut Vec<M
                 RelayKind::Rtp
             },
             sides: [side(l1, m1, p1), side(l2, m2, p2)],
-            transcode: None,
+            transcode: match (&m1.transcode, &m2.transcode) {
+                (Some(a), Some(b)) => Some(Box::new([a.clone(), b.clone()])),
+                _ => None,
+            },
         })));
     }
 }
@@ -965,11 +1016,12 @@ fn offer_in_call(
     ctx: &Ctx<'_>,
     sdp: &SessionDescription,
     infos: &[MediaInfo],
-    selections: &[Option<CodecSelection>],
+    selections: &[Option<transcode::OfferCodecs>],
     ports: &mut dyn PortAllocator,
     changes: &mut Changes,
 ) -> Result<String, NgError> {
     let opts = ctx.opts;
+    reject_subscriber_tags(call, ctx.req)?;
     let from_tag = ctx.req.from_tag.as_deref().unwrap_or("");
     let f = match leg_index(call, from_tag) {
         Some(i) => i,
@@ -1000,6 +1052,7 @@ fn offer_in_call(
             leg.label = Some(l.clone());
         }
         leg.initialized = true;
+        leg.sdp_in = Some(sdp.write());
         leg.strict_source = opts.flags.strict_source;
         leg.asymmetric = opts.flags.asymmetric;
         leg.media_handover = opts.flags.media_handover;
@@ -1026,8 +1079,18 @@ fn offer_in_call(
     for (k, info) in infos.iter().enumerate() {
         let (lf, lp) = two_mut(&mut call.legs, f, p);
         let (mf, mp) = (&mut lf.medias[k], &mut lp.medias[k]);
-        let codecs = info.codecs.clone();
+        let selection = selections.get(k).cloned().flatten();
+        let codecs = selection
+            .as_ref()
+            .map_or_else(|| info.codecs.clone(), |s| s.offerer.clone());
         absorb_sdp(mf, info, codecs, ctx);
+        let transcoding = selection.as_ref().is_some_and(|s| s.transcoding);
+        for m in [&mut *mf, &mut *mp] {
+            m.transcoding = transcoding;
+            m.always_transcode = opts.flags.always_transcode;
+        }
+        mp.ptime_out = opts.ptime;
+        mf.ptime_out = opts.ptime_reverse;
         mf.mux_options = opts.rtcp_mux.clone();
         mp.kind.clone_from(&info.media);
         mp.protocol.clone_from(&info.protocol);
@@ -1040,7 +1103,7 @@ fn offer_in_call(
         }
         allocate(mf, &call_id, family_f, iface_f, ports, changes)?;
         let pair_p = allocate(mp, &call_id, family_p, iface_p, ports, changes)?;
-        let selected = selections.get(k).cloned().flatten().map(|s| s.codecs);
+        let selected = selection.map(|s| s.answerer);
         mp.offered = selected.clone().unwrap_or_default();
         let mux = &opts.rtcp_mux;
         let mux_out = mux.require || mux.offer || (info.rtcp_mux && !mux.demux && !mux.reject);
@@ -1090,6 +1153,21 @@ fn offer_in_call(
     Ok(out)
 }
 
+/// Offers and answers are between dialogue parties: a tag of a subscription is refused.
+fn reject_subscriber_tags(call: &Call, req: &NgRequest) -> Result<(), NgError> {
+    let named = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| call.legs.iter().find(|l| l.tag == t))
+            .is_some_and(Leg::is_subscriber)
+    };
+    if named(&req.from_tag) || named(&req.to_tag) {
+        return Err(NgError::Unsupported {
+            what: "offer or answer naming a subscription's tag".to_owned(),
+        });
+    }
+    Ok(())
+}
+
 fn rejected(address: IpAddr) -> MediaRewrite {
     MediaRewrite {
         port: 0,
@@ -1128,6 +1206,7 @@ fn answer_in_call(
     changes: &mut Changes,
 ) -> Result<String, NgError> {
     let opts = ctx.opts;
+    reject_subscriber_tags(call, ctx.req)?;
     let from_tag = ctx.req.from_tag.as_deref().unwrap_or("");
     let to_tag = ctx.req.to_tag.as_deref().unwrap_or("");
     // The offerer (from-tag) and the answerer (to-tag, or the offerer's untagged peer).
@@ -1146,6 +1225,7 @@ fn answer_in_call(
     {
         let leg = &mut call.legs[p];
         leg.initialized = true;
+        leg.sdp_in = Some(sdp.write());
         leg.strict_source = opts.flags.strict_source;
         leg.asymmetric = opts.flags.asymmetric;
         leg.media_handover = opts.flags.media_handover;
@@ -1188,6 +1268,22 @@ fn answer_in_call(
             sdp::apply_codec_options(&codecs, &opts.codec).codecs
         };
         absorb_sdp(mp, info, codecs.clone(), ctx);
+        let always = mp.always_transcode || opts.flags.always_transcode;
+        let decision = (info.is_rtp() && (mp.transcoding || always)).then(|| {
+            let ptimes = transcode::Ptimes {
+                offerer: opts.ptime_reverse.or(mf.ptime_out).or(mf.ptime),
+                answerer: mp.ptime_out.or(opts.ptime).or(info.ptime),
+            };
+            transcode::answer_codecs(&mf.codecs, &codecs, always, ptimes)
+        });
+        let (to_offerer, offer_ptime) = match &decision {
+            Some(d) if d.sides.is_some() => (d.to_offerer.clone(), mf.ptime),
+            Some(d) => (d.to_offerer.clone(), opts.ptime.or(info.ptime).or(mf.ptime)),
+            None => (codecs, opts.ptime.or(info.ptime).or(mf.ptime)),
+        };
+        let sides = decision.and_then(|d| d.sides);
+        mf.transcode = sides.as_ref().map(|s| s.0.clone());
+        mp.transcode = sides.map(|s| s.1);
         let (Some(pair_f), true) = (mf.local, mp.local.is_some() && info.port != 0) else {
             release_media(&call_id, k + 1, [mf, mp], changes);
             rewrites.push(None);
@@ -1206,7 +1302,7 @@ fn answer_in_call(
             port: pair_f.rtp_port,
             address: adv,
             protocol: opts.transport_protocol.clone(),
-            codecs: (!mp.opaque).then_some(codecs),
+            codecs: (!mp.opaque).then_some(to_offerer),
             direction: info.direction,
             rtcp: if mp.opaque {
                 RtcpAttr::Omit
@@ -1214,7 +1310,7 @@ fn answer_in_call(
                 rtcp_attr(opts, rtcp_port, adv)
             },
             rtcp_mux: mf.rtcp_mux && !mp.opaque,
-            ptime: opts.ptime.or(info.ptime).or(mf.ptime),
+            ptime: offer_ptime,
         }));
     }
     let address = session_address(&call.legs[f], opts, family_f, iface_f, &NoPorts);

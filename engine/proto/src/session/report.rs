@@ -101,6 +101,16 @@ fn leg_value(call: &Call, leg: &Leg, stats: &dyn StatsSource, totals: &mut Total
             ]
         })
         .unwrap_or_default();
+    let pub_sub = |tag: &str| Value::dict().with("tag", tag).with("type", "pub/sub");
+    let mut subscriptions = peer.clone();
+    subscriptions.extend(leg.sources.iter().map(|t| pub_sub(t)));
+    let mut subscribers = peer;
+    subscribers.extend(
+        call.legs
+            .iter()
+            .filter(|l| l.sources.contains(&leg.tag))
+            .map(|l| pub_sub(&l.tag)),
+    );
     let medias: Vec<Value> = leg
         .medias
         .iter()
@@ -113,17 +123,25 @@ fn leg_value(call: &Call, leg: &Leg, stats: &dyn StatsSource, totals: &mut Total
             if leg.initialized {
                 flags.push("initialized".into());
             }
-            if m.direction.sends() {
+            if leg.is_subscriber() {
+                // rtpengine's view: the relay sends to a subscriber.
                 flags.push("send".into());
-            }
-            if m.direction.receives() {
-                flags.push("recv".into());
+            } else {
+                if m.direction.sends() {
+                    flags.push("send".into());
+                }
+                if m.direction.receives() {
+                    flags.push("recv".into());
+                }
             }
             if m.rtcp_mux {
                 flags.push("rtcp-mux".into());
             }
             if leg.asymmetric {
                 flags.push("asymmetric".into());
+            }
+            if m.transcode.is_some() {
+                flags.push("transcoding".into());
             }
             Value::dict()
                 .with("index", u64::try_from(m.index).unwrap_or(u64::MAX))
@@ -141,8 +159,8 @@ fn leg_value(call: &Call, leg: &Leg, stats: &dyn StatsSource, totals: &mut Total
         v.push("via-branch", b.as_str());
     }
     v.with("created", leg.created_wall.secs())
-        .with("subscriptions", peer.clone())
-        .with("subscribers", peer)
+        .with("subscriptions", subscriptions)
+        .with("subscribers", subscribers)
         .with("medias", medias)
 }
 
@@ -152,7 +170,15 @@ pub(super) fn call_stats(call: &Call, from_tag: Option<&str>, stats: &dyn StatsS
     let order: Vec<usize> = match from_tag {
         None => (0..call.legs.len()).collect(),
         Some(t) => match call.legs.iter().position(|l| l.tag == t) {
-            Some(i) => std::iter::once(i).chain(call.legs[i].peer).collect(),
+            Some(i) => std::iter::once(i)
+                .chain(call.legs[i].peer)
+                .chain(
+                    call.legs[i]
+                        .sources
+                        .iter()
+                        .filter_map(|t| call.legs.iter().position(|l| l.tag == *t)),
+                )
+                .collect(),
             None => Vec::new(),
         },
     };
@@ -236,12 +262,24 @@ pub(super) fn statistics(
                 / 2
         })
         .sum();
+    let transcoded: u64 = s
+        .calls
+        .values()
+        .map(|call| {
+            call.legs
+                .iter()
+                .flat_map(|l| &l.medias)
+                .filter(|m| m.transcode.is_some())
+                .count() as u64
+                / 2
+        })
+        .sum();
     let sessions = s.calls.len() as u64;
     let current = Value::dict()
         .with("sessionsown", sessions)
         .with("sessionsforeign", 0u64)
         .with("sessionstotal", sessions)
-        .with("transcodedmedia", 0u64)
+        .with("transcodedmedia", transcoded)
         .with("packetrate_user", g.packet_rate)
         .with("byterate_user", g.byte_rate)
         .with("errorrate_user", g.error_rate)

@@ -294,11 +294,12 @@ pub enum MediaCommand {
         /// Tags.
         tags: Vec<String>,
     },
-    /// `play DTMF`: send a digit to the selected parties.
+    /// `play DTMF`: the selected parties *generate* the digit (as rtpengine defines it): it
+    /// is sent to every party that hears them (their peers), not to them.
     PlayDtmf {
         /// The NG call-id.
         call_id: String,
-        /// Tags (empty: every party).
+        /// Tags of the generating parties (empty: every party).
         tags: Vec<String>,
         /// The digit.
         digit: char,

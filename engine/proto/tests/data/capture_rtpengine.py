@@ -12,6 +12,9 @@ then run `python3 capture_rtpengine.py [PORT]` from this directory. Each scenari
 Two more sets need other rtpengine settings (restart it fresh for each):
 - `python3 capture_rtpengine.py 22230 ipv6` with `--interface=127.0.0.1 --interface=::1`;
 - `python3 capture_rtpengine.py 22230 small` with `--port-min=31000 --port-max=31005`.
+
+`python3 capture_rtpengine.py 22230 features` (transcoding, subscriptions, media commands) runs
+against the same fresh setup as the main set.
 """
 import json
 import os
@@ -356,6 +359,103 @@ def main_small():
     s.save()
 
 
+def main_features():
+    pcmu = sdp("v=0", "o=alice 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0",
+               "m=audio 40000 RTP/AVP 0 101", "a=rtpmap:0 PCMU/8000",
+               "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16", "a=ptime:20",
+               "a=sendrecv")
+
+    def mk(o, port, *m):
+        return sdp("v=0", "o=%s 2 2 IN IP4 127.0.0.1" % o, "s=-", "c=IN IP4 127.0.0.1",
+                   "t=0 0", "m=audio %d RTP/AVP %s" % (port, m[0]), *m[1:])
+
+    s = Scenario("transcoding", "codec transcode / mask / strip / always transcode / ptime")
+    offer(s, "tc1", pcmu, codec={"mask": ["PCMU"], "transcode": ["PCMA"]})
+    answer(s, "tc1", mk("bob", 50000, "8 101", "a=rtpmap:8 PCMA/8000",
+                        "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16", "a=sendrecv"))
+    offer(s, "tc2", pcmu, codec={"transcode": ["opus"]})
+    answer(s, "tc2", mk("bob", 50000, "96 97", "a=rtpmap:96 opus/48000/2",
+                        "a=fmtp:96 useinbandfec=1", "a=rtpmap:97 telephone-event/48000",
+                        "a=fmtp:97 0-15", "a=sendrecv"))
+    s.req({"command": "query", "call-id": "tc2"})
+    g722 = mk("alice", 40000, "9 101 8 13", "a=rtpmap:101 telephone-event/8000")
+    offer(s, "tc3", g722, codec={"transcode": ["PCMU", "opus"]})
+    answer(s, "tc3", mk("bob", 50000, "0", "a=sendrecv"))
+    offer(s, "tc4", mk("alice", 40000, "9"), codec={"transcode": ["PCMU"]})
+    answer(s, "tc4", mk("bob", 50000, "0"))
+    offer(s, "tc5", pcmu, codec={"transcode": ["G722"]})
+    answer(s, "tc5", mk("bob", 50000, "9 101", "a=rtpmap:101 telephone-event/8000"))
+    offer(s, "tc6", pcmu, codec={"transcode": ["PCMA"]})
+    answer(s, "tc6", mk("bob", 50000, "0 101", "a=rtpmap:101 telephone-event/8000"))
+    offer(s, "tc7", pcmu, flags=["always transcode"])
+    answer(s, "tc7", mk("bob", 50000, "0 101", "a=rtpmap:101 telephone-event/8000"))
+    offer(s, "tc8", pcmu, codec={"transcode": ["PCMA"]}, ptime=30)
+    answer(s, "tc8", mk("bob", 50000, "8", "a=ptime:10"), ptime=40)
+    offer(s, "tc9", mk("alice", 40000, "0"), codec={"transcode": ["telephone-event"]})
+    answer(s, "tc9", mk("bob", 50000, "0 101", "a=rtpmap:101 telephone-event/8000"))
+    offer(s, "tc10", pcmu, codec={"strip": ["PCMU"], "transcode": ["PCMA"]})
+    answer(s, "tc10", mk("bob", 50000, "8"))
+    offer(s, "tc11", pcmu, codec={"strip": ["all"], "transcode": ["opus/48000/2"]})
+    offer(s, "tc12", pcmu, codec={"transcode": ["PCMA", "G722/8000/1/64000", "opus"]})
+    s.save()
+
+    bob = mk("bob", 50000, "0 101", "a=rtpmap:0 PCMU/8000",
+             "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-16", "a=ptime:20",
+             "a=sendrecv")
+    sub = mk("sub", 60000, "0 101", "a=rtpmap:101 telephone-event/8000", "a=recvonly")
+    s = Scenario("subscribe", "subscribe request / answer, unsubscribe, their errors")
+    offer(s, "sb1", pcmu, label="caller")
+    answer(s, "sb1", bob, label="callee")
+    s.req({"command": "subscribe request", "call-id": "sb1", "from-tag": "ft",
+           "to-tag": "sub1"})
+    s.req({"command": "query", "call-id": "sb1"})
+    s.req({"command": "subscribe answer", "call-id": "sb1", "to-tag": "sub1", "sdp": sub})
+    s.req({"command": "query", "call-id": "sb1", "from-tag": "sub1"})
+    s.req({"command": "subscribe request", "call-id": "sb1", "from-tag": "tt",
+           "to-tag": "sub2"})
+    s.req({"command": "subscribe request", "call-id": "sb1", "from-tag": "nope"})
+    s.req({"command": "subscribe request", "call-id": "sb-unknown", "from-tag": "ft"})
+    s.req({"command": "subscribe request", "call-id": "sb1"})
+    s.req({"command": "subscribe answer", "call-id": "sb1", "to-tag": "sub2"})
+    s.req({"command": "subscribe answer", "call-id": "sb-unknown", "to-tag": "sub2",
+           "sdp": sub})
+    s.req({"command": "subscribe answer", "call-id": "sb1", "to-tag": "zzz", "sdp": sub})
+    s.req({"command": "unsubscribe", "call-id": "sb1", "to-tag": "sub1"})
+    s.req({"command": "unsubscribe", "call-id": "sb1", "to-tag": "sub1"})
+    s.req({"command": "unsubscribe", "call-id": "sb1", "to-tag": "zzz"})
+    s.req({"command": "unsubscribe", "call-id": "sb1"})
+    s.req({"command": "unsubscribe", "call-id": "sb-unknown", "to-tag": "sub2"})
+    s.save()
+
+    s = Scenario("media_commands", "play media, stop media, play DTMF, block DTMF errors")
+    offer(s, "mc1", pcmu)
+    answer(s, "mc1", bob)
+    base = {"call-id": "mc1", "from-tag": "ft"}
+
+    def cmd(command, **kw):
+        d = {"command": command}
+        d.update(kw)
+        s.req(d)
+
+    cmd("play media", **base)
+    cmd("play media", **{"call-id": "mc1", "file": "/x.wav"})
+    cmd("play media", **{"call-id": "mc-unknown", "from-tag": "ft", "file": "/x.wav"})
+    cmd("play media", **{"call-id": "mc1", "from-tag": "zz", "file": "/x.wav"})
+    cmd("stop media", **base)
+    cmd("stop media", **{"call-id": "mc-unknown", "from-tag": "ft"})
+    cmd("play DTMF", **base)
+    cmd("play DTMF", code="X", **base)
+    cmd("play DTMF", code="1", **{"call-id": "mc1", "from-tag": "zz"})
+    cmd("play DTMF", code="1", **{"call-id": "mc-unknown", "from-tag": "ft"})
+    cmd("play DTMF", code="1", **{"call-id": "mc1"})
+    cmd("block DTMF", **base)
+    cmd("block DTMF", **{"call-id": "mc1"})
+    cmd("unblock DTMF", **base)
+    cmd("block DTMF", **{"call-id": "mc-unknown"})
+    cmd("block DTMF", **{"call-id": "mc1", "from-tag": "zz"})
+    s.save()
+
+
 if __name__ == "__main__":
     which = sys.argv[2] if len(sys.argv) > 2 else "main"
-    {"main": main, "ipv6": main_ipv6, "small": main_small}[which]()
+    {"main": main, "ipv6": main_ipv6, "small": main_small, "features": main_features}[which]()
