@@ -10,6 +10,7 @@
 //! | [`g722`] | ITU-T G.722 at 64 kbit/s (16 kHz audio, RTP clock 8000 per RFC 3551) |
 //! | [`opus`] | Opus through libopus: mono, 8/16/48 kHz, FEC, DTX, PLC |
 //! | [`l16`] | linear 16-bit PCM in network byte order (RFC 3551 §4.5.11) |
+//! | [`analytics`] | conversation analytics: talk, silence, over-talk, monologues, pitch, agitation |
 //! | [`codec`] | the one [`codec::Codec`] abstraction the engine uses, and SDP `rtpmap`/`fmtp` parsing |
 //! | [`resample`] | sample-rate conversion between 8, 16 and 48 kHz |
 //! | [`telephone_event`] | RFC 4733 telephone-events: parse and build |
@@ -20,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod analytics;
 pub mod codec;
 pub mod dtmf;
 pub mod g711;

@@ -134,7 +134,22 @@ pub struct ConfigFile {
     /// `[recording]`
     #[serde(default)]
     pub recording: crate::record::RecordingSection,
+    /// `[acd]`
+    #[serde(default)]
+    pub acd: AcdSection,
 }
+
+/// `[acd]` in the file.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcdSection {
+    /// Router shards (threads); tenants map to them by a hash of their name. Absent or 0:
+    /// one per four cores, at least one.
+    pub shards: Option<u32>,
+}
+
+/// The most ACD router shards.
+pub const MAX_ACD_SHARDS: u32 = 64;
 
 /// `[media]` in the file.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -160,6 +175,12 @@ pub struct MediaSection {
     pub drain_grace: Option<u64>,
     /// io_uring wake-up coalescing under load, in microseconds (0: off).
     pub coalesce_us: Option<u64>,
+    /// Conference members per call (legs created with `hears: "all"`).
+    pub conference_max_members: Option<u32>,
+    /// Most MiB of decoded prompt audio kept in memory.
+    pub prompt_cache_mb: Option<u64>,
+    /// Largest prompt file read, MiB.
+    pub prompt_max_file_mb: Option<u64>,
 }
 
 /// `[ng]` in the file.
@@ -249,6 +270,10 @@ pub struct Config {
     pub log_level: String,
     /// Recording settings.
     pub recording: crate::record::RecordingConfig,
+    /// Conferences and prompts.
+    pub media: crate::media::MediaSettings,
+    /// ACD router shards (at least 1).
+    pub acd_shards: usize,
 }
 
 /// Overrides from the command line, applied over the file.
@@ -308,6 +333,12 @@ pub mod defaults {
     pub const STATE_DIR: &str = "./var";
     /// Log filter.
     pub const LOG_LEVEL: &str = "info";
+    /// Conference members per call.
+    pub const CONFERENCE_MAX_MEMBERS: u32 = 500;
+    /// Prompt cache, MiB.
+    pub const PROMPT_CACHE_MB: u64 = 64;
+    /// Largest prompt file, MiB.
+    pub const PROMPT_MAX_FILE_MB: u64 = 32;
 }
 
 impl ConfigFile {
@@ -504,6 +535,52 @@ impl Config {
                     .unwrap_or(defaults::STATE_DIR),
             ),
         )?;
+        let max_members = file
+            .media
+            .conference_max_members
+            .unwrap_or(defaults::CONFERENCE_MAX_MEMBERS);
+        if max_members == 0 || max_members > 10_000 {
+            return Err(ConfigError::Invalid {
+                key: "media.conference_max_members",
+                message: format!("{max_members} is not between 1 and 10000"),
+            });
+        }
+        let mb = |key: &'static str, v: Option<u64>, default: u64, max: u64| match v
+            .unwrap_or(default)
+        {
+            n if n <= max => Ok(n * 1024 * 1024),
+            n => Err(ConfigError::Invalid {
+                key,
+                message: format!("{n} MiB is more than {max}"),
+            }),
+        };
+        let media = crate::media::MediaSettings {
+            max_members: max_members as usize,
+            prompts: crate::media::prompts::PromptConfig {
+                cache_bytes: mb(
+                    "media.prompt_cache_mb",
+                    file.media.prompt_cache_mb,
+                    defaults::PROMPT_CACHE_MB,
+                    65_536,
+                )?,
+                max_file_bytes: mb(
+                    "media.prompt_max_file_mb",
+                    file.media.prompt_max_file_mb,
+                    defaults::PROMPT_MAX_FILE_MB,
+                    4096,
+                )?,
+            },
+        };
+        let acd_shards = match file.acd.shards.unwrap_or(0) {
+            0 => (cores / 4).max(1),
+            n if n > MAX_ACD_SHARDS => {
+                return Err(ConfigError::Invalid {
+                    key: "acd.shards",
+                    message: format!("{n} shards is more than {MAX_ACD_SHARDS}"),
+                });
+            }
+            n => n as usize,
+        };
         Ok(Config {
             interfaces,
             port_min: port_min_even,
@@ -527,6 +604,8 @@ impl Config {
             state_dir,
             log_level,
             recording,
+            media,
+            acd_shards,
         })
     }
 
@@ -586,6 +665,32 @@ mod tests {
         assert_eq!(c.port_max, 39999);
         assert!(c.workers >= 1);
         assert_eq!(c.driver, DriverKind::Auto);
+    }
+
+    #[test]
+    fn acd_shards_default_and_bounds() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(build("").unwrap().acd_shards, (cores / 4).max(1));
+        assert_eq!(
+            build("[acd]\nshards = 0\n").unwrap().acd_shards,
+            (cores / 4).max(1)
+        );
+        assert_eq!(build("[acd]\nshards = 3\n").unwrap().acd_shards, 3);
+        assert!(build("[acd]\nshards = 65\n").is_err());
+        assert!(build("[acd]\nshard = 2\n").is_err());
+    }
+
+    #[test]
+    fn media_settings() {
+        let c = build("").unwrap();
+        assert_eq!(c.media.max_members, 500);
+        assert_eq!(c.media.prompts.cache_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.media.prompts.max_file_bytes, 32 * 1024 * 1024);
+        let c = build("[media]\nconference_max_members = 3\nprompt_cache_mb = 1\n").unwrap();
+        assert_eq!(c.media.max_members, 3);
+        assert_eq!(c.media.prompts.cache_bytes, 1024 * 1024);
+        assert!(build("[media]\nconference_max_members = 0\n").is_err());
+        assert!(build("[media]\nprompt_max_file_mb = 99999\n").is_err());
     }
 
     #[test]

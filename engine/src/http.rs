@@ -1,11 +1,13 @@
-//! HTTP: `/healthz`, `/metrics` (Prometheus text format) and `/recordings…`
-//! ([`crate::record::http`]).
+//! HTTP: `/healthz`, `/metrics` (Prometheus text format), `/recordings…`
+//! ([`crate::record::http`]), `/cdrs` ([`crate::cdr::http`]) and the live dashboard
+//! ([`crate::dashboard`]: the page at `/`, its stream at `/dashboard/events`).
 //!
-//! When a token is configured, every path but `/healthz` needs `Authorization: Bearer TOKEN`:
-//! 401 without one, 403 with a wrong one.
+//! When a token is configured, every path but `/healthz` and the dashboard's static page and
+//! assets (which carry no data) needs `Authorization: Bearer TOKEN`: 401 without one, 403
+//! with a wrong one.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -13,14 +15,38 @@ use axum::routing::get;
 
 use crate::control::Hub;
 
-/// Builds the router.
+/// The live-operations services HTTP serves when they run.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    /// Call detail records (`/cdrs`).
+    pub cdr: Option<crate::cdr::CdrReader>,
+    /// The dashboard's shared snapshot (`/dashboard/events`, `/dashboard/snapshot`).
+    pub dashboard: Option<crate::dashboard::Dashboard>,
+}
+
+/// Builds the router without the live-operations services (`/cdrs` and the dashboard's data
+/// answer 503).
 pub fn router(hub: Hub) -> Router {
-    Router::new()
+    router_with(hub, Live::default())
+}
+
+/// Builds the router.
+pub fn router_with(hub: Hub, live: Live) -> Router {
+    let mut r = Router::new()
         .route("/metrics", get(metrics))
         .merge(crate::record::http::routes())
+        .merge(crate::cdr::http::routes())
+        .merge(crate::dashboard::data_routes())
         .route_layer(middleware::from_fn_with_state(hub.clone(), auth))
         .route("/healthz", get(healthz))
-        .with_state(hub)
+        .merge(crate::dashboard::page_routes());
+    if let Some(c) = live.cdr {
+        r = r.layer(Extension(c));
+    }
+    if let Some(d) = live.dashboard {
+        r = r.layer(Extension(d));
+    }
+    r.with_state(hub)
 }
 
 async fn auth(State(hub): State<Hub>, req: Request, next: Next) -> Response {

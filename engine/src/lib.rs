@@ -9,9 +9,13 @@
 #![warn(missing_docs)]
 
 pub mod acd;
+pub mod cdr;
 pub mod config;
 pub mod control;
+pub mod dashboard;
+pub mod fork;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod record;
 pub mod rt;

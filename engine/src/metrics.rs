@@ -40,6 +40,22 @@ pub struct WorkerMetrics {
     pub drops: Box<[AtomicU64]>,
     /// Metric label of each drop counter.
     pub drop_labels: &'static [&'static str],
+    // --- Decoded media (mixing, transcoding, prompts, DTMF) ---
+    /// Calls whose legs are (partly) mixed.
+    pub mixing_calls: AtomicU64,
+    /// Legs under a mixer.
+    pub mixed_legs: AtomicU64,
+    /// Media clock ticks (20 ms frames) run.
+    pub media_ticks: AtomicU64,
+    /// Media clock frames run late (caught up) or skipped.
+    pub media_late_ticks: AtomicU64,
+    /// RTP packets encoded by mixers and queued for sending.
+    pub media_packets_out: AtomicU64,
+    /// Bytes of those packets.
+    pub media_bytes_out: AtomicU64,
+    /// Media events lost because the event queue was full.
+    pub media_events_dropped: AtomicU64,
+    // --- end of decoded media ---
 }
 
 impl WorkerMetrics {
@@ -58,6 +74,14 @@ impl WorkerMetrics {
             loop_ns: AtomicU64::new(0),
             drops: drop_labels.iter().map(|_| AtomicU64::new(0)).collect(),
             drop_labels,
+            // Decoded media.
+            mixing_calls: AtomicU64::new(0),
+            mixed_legs: AtomicU64::new(0),
+            media_ticks: AtomicU64::new(0),
+            media_late_ticks: AtomicU64::new(0),
+            media_packets_out: AtomicU64::new(0),
+            media_bytes_out: AtomicU64::new(0),
+            media_events_dropped: AtomicU64::new(0),
         }
     }
 
@@ -112,6 +136,8 @@ pub struct ControlMetrics {
     latency: Mutex<BTreeMap<(&'static str, String), Histogram>>,
     /// The ACD's figures (lock-free; written by the ACD threads).
     pub acd: crate::acd::AcdMetrics,
+    /// Call records, per-leg quality of ended calls and dashboard viewers (lock-free).
+    pub cdr: crate::cdr::CdrMetrics,
 }
 
 /// Longest operation name kept as a label; longer (hostile) names are folded into `other`.
@@ -211,6 +237,50 @@ impl Metrics {
             "gauge",
             &|w| load(&w.legs_active),
         );
+        // --- Decoded media (mixing, transcoding, prompts, DTMF) ---
+        per_worker(
+            "switchboard_mixing_calls",
+            "Calls whose legs are mixed, per worker.",
+            "gauge",
+            &|w| load(&w.mixing_calls),
+        );
+        per_worker(
+            "switchboard_mixed_legs",
+            "Legs under a mixer, per worker.",
+            "gauge",
+            &|w| load(&w.mixed_legs),
+        );
+        per_worker(
+            "switchboard_media_ticks_total",
+            "Media clock ticks (20 ms frames) run.",
+            "counter",
+            &|w| load(&w.media_ticks),
+        );
+        per_worker(
+            "switchboard_media_late_ticks_total",
+            "Media clock frames run late or skipped.",
+            "counter",
+            &|w| load(&w.media_late_ticks),
+        );
+        per_worker(
+            "switchboard_media_encoded_packets_total",
+            "RTP packets encoded by mixers and queued for sending.",
+            "counter",
+            &|w| load(&w.media_packets_out),
+        );
+        per_worker(
+            "switchboard_media_encoded_bytes_total",
+            "Bytes of RTP packets encoded by mixers.",
+            "counter",
+            &|w| load(&w.media_bytes_out),
+        );
+        per_worker(
+            "switchboard_media_events_dropped_total",
+            "Media events (DTMF, talking, prompt ends) lost to a full event queue.",
+            "counter",
+            &|w| load(&w.media_events_dropped),
+        );
+        // --- end of decoded media ---
         let _ = writeln!(
             out,
             "# HELP switchboard_worker_busy_seconds_total Time each worker spent working rather than waiting for I/O.\n\
@@ -295,6 +365,8 @@ impl Metrics {
             }
         }
         self.control.acd.render(&mut out);
+        // Live operations: call records, quality histograms of ended calls, dashboard.
+        self.control.cdr.render(&mut out);
         if let Some(r) = &self.recording {
             r.render(&mut out);
         }
@@ -323,6 +395,8 @@ mod tests {
             .record("ng", "\"evil\nname", "error", Duration::from_micros(80));
         let text = m.render();
         assert!(text.contains("switchboard_rx_packets_total{worker=\"0\"} 3"));
+        assert!(text.contains("switchboard_mixing_calls{worker=\"0\"} 0"));
+        assert!(text.contains("# TYPE switchboard_media_ticks_total counter"));
         assert!(text.contains(
             "switchboard_dropped_packets_total{worker=\"0\",reason=\"strict_source\"} 1"
         ));

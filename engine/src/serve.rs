@@ -2,9 +2,12 @@
 //!
 //! Start-up order: media workers (each opens its I/O driver on its own thread), the port
 //! allocator, the control task, the ACD (its store is opened and its persisted state
-//! restored on its own thread), then the listeners (NG UDP+TCP, native TCP+Unix, HTTP). A
-//! listener that cannot bind, or an ACD store that cannot be opened, stops start-up with a
-//! clear error. On the way out the ACD commits what it has queued before the process exits.
+//! restored on its own thread), call records ([`crate::cdr`]: `cdr.sqlite` and the
+//! JSON-lines directory) and the dashboard's sampler, then the listeners (NG UDP+TCP, native
+//! TCP+Unix, HTTP). A listener that cannot bind, or an ACD or call-record store that cannot
+//! be opened, stops start-up with a clear error. On the way out every call is ended (with
+//! its call record), and the ACD and the call-record writer commit what they have queued
+//! before the process exits.
 //!
 //! SIGINT stops at once. SIGTERM drains: new calls are refused (`/healthz` answers 503),
 //! existing calls keep flowing until they end or `media.drain_grace` passes, then the process
@@ -107,6 +110,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         control: Arc::new(ControlMetrics::default()),
         recording: Some(rec_service.metrics().clone()),
     };
+    metrics.control.cdr.port_pairs.store(
+        u64::from(config.port_max.saturating_sub(config.port_min)).div_ceil(2),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -114,7 +121,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the control runtime")?;
-    let acd = rt.block_on(async move {
+    let (acd, cdr) = rt.block_on(async move {
         info!(config = %config.summary(), "switchboard starting");
         let (hub, hub_task) = control::start(
             HubConfig {
@@ -124,6 +131,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 http_token: config.http_token.clone(),
                 epoch,
                 recording: Some((rec_service, rec_events)),
+                media: config.media.clone(),
             },
             ports,
             workers,
@@ -135,11 +143,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 state_dir: config.state_dir.clone(),
                 epoch,
                 router: switchboard_router::RouterConfig::default(),
+                shards: config.acd_shards,
             },
             &hub,
         )
         .context("starting the ACD")?;
         hub.set_acd(acd.handle());
+        // Live operations: call records (their own SQLite file and thread) and the
+        // dashboard's once-a-second snapshot.
+        let cdr = crate::cdr::CdrService::start(
+            crate::cdr::CdrConfig::in_state_dir(&config.state_dir),
+            &hub,
+        )
+        .context("starting call records")?;
+        let dashboard = crate::dashboard::Dashboard::start(&hub);
 
         let ng_udp = bind_ng_udp(config.listen_ng)
             .with_context(|| format!("binding NG UDP {}", config.listen_ng))?;
@@ -181,7 +198,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         if let Some(l) = ctl_unix {
             tokio::spawn(serve_native_unix(hub.clone(), l));
         }
-        let app = crate::http::router(hub.clone());
+        let app = crate::http::router_with(
+            hub.clone(),
+            crate::http::Live {
+                cdr: Some(cdr.reader()),
+                dashboard: Some(dashboard),
+            },
+        );
         tokio::spawn(async move {
             if let Err(e) = axum::serve(http, app).await {
                 warn!(error = %e, "HTTP server stopped");
@@ -223,15 +246,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
         }
         info!(?sig, "stopping");
+        hub.end_all_calls().await;
+        // Their call records are made before the collector stops with the runtime.
+        cdr.settle().await;
         drop(hub);
         hub_task.abort();
         if let Some(path) = &config.control_unix {
             let _ = std::fs::remove_file(path);
         }
-        anyhow::Ok(acd)
+        anyhow::Ok((acd, cdr))
     })?;
     acd.shutdown();
     rt.shutdown_timeout(Duration::from_secs(1));
+    // The collector is gone with the runtime: the writer commits what is queued and stops.
+    cdr.shutdown();
     // The workers are gone with the control task: close every recording.
     rec_threads.shutdown(Duration::from_secs(10));
     info!("stopped");
