@@ -366,10 +366,11 @@ fn voice_tasks_carry_the_call_and_end_on_hang_up() {
     assert_eq!(assigned["agent"], 30);
     // A second task on the same call waits (one voice call per agent).
     c.ok(voice(2));
-    // Engine-side bridging is refused with the reason.
+    // Engine-side bridging needs the customer's leg.
     let mut bridged = voice(3);
     bridged["bridge"] = true.into();
-    assert_eq!(c.err(bridged), "not_supported");
+    bridged.as_object_mut().unwrap().remove("leg");
+    assert_eq!(c.err(bridged), "bad_request");
     // A voice task must name a live call and one of its legs.
     let mut ghost = voice(4);
     ghost["call"] = "no-such-call".into();
@@ -699,4 +700,281 @@ fn hostile_input_gets_clear_errors_and_the_connection_stays_usable() {
     );
     assert!(f["asa_s"].as_f64().unwrap() <= 15.0);
     assert_eq!(c.ok(json!({"op": "ping"}))["pong"], true);
+}
+
+/// The shard a tenant maps to: FNV-1a of its name modulo the shard count (as the engine).
+fn shard_of(tenant: &str, shards: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tenant.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h % shards
+}
+
+/// Names of the engine's ACD shard threads (`sb-acd-K`), from `/proc`.
+fn acd_threads(e: &Engine) -> Vec<String> {
+    let dir = format!("/proc/{}/task", e.child.id());
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with("sb-acd-") && n != "sb-acd-store")
+        .collect();
+    names.sort();
+    names
+}
+
+/// Starts an engine with `[acd] shards = n` in a configuration file.
+fn start_with_shards(n: u32) -> Engine {
+    let k = std::process::id();
+    let path = std::env::temp_dir().join(format!("sb-acd-shards-{k}-{n}-{}.toml", free_seq()));
+    std::fs::write(&path, format!("[acd]\nshards = {n}\n")).unwrap();
+    Engine::start("epoll", &["--config", path.to_str().unwrap()])
+}
+
+fn free_seq() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One queue, one chat agent available, in `tenant`.
+fn tenant_setup(c: &mut Ctl, tenant: &str, skill: &str) {
+    c.ok(
+        json!({"op": "queue.create", "tenant": tenant, "queue": 1, "name": tenant,
+        "skills": skill}),
+    );
+    c.ok(json!({"op": "agent.create", "tenant": tenant, "agent": 7,
+        "skills": {skill: 3}, "capacity": {"chat": 1}}));
+}
+
+#[test]
+fn two_tenants_hold_the_same_ids_independently() {
+    let e = Engine::start("epoll", &[]);
+    let mut c = Ctl::connect(e.control);
+    c.subscribe_acd();
+    // The default tenant and an explicit one: same queue, agent and task ids.
+    tenant_setup(&mut c, "default", "billing");
+    tenant_setup(&mut c, "acme", "sales");
+    assert_eq!(
+        c.ok(json!({"op": "queue.get", "queue": 1}))["queue"]["name"],
+        "default"
+    );
+    assert_eq!(
+        c.ok(json!({"op": "queue.get", "tenant": "acme", "queue": 1}))["queue"]["name"],
+        "acme"
+    );
+    // Creating an id that exists in the other tenant is no conflict; again in the same is.
+    assert_eq!(
+        c.err(json!({"op": "queue.create", "tenant": "acme", "queue": 1})),
+        "conflict"
+    );
+    assert_eq!(
+        c.err(json!({"op": "queue.get", "tenant": "nobody", "queue": 1})),
+        "not_found"
+    );
+    assert_eq!(
+        c.ok(json!({"op": "queue.list", "tenant": "nobody"}))["queues"],
+        json!([])
+    );
+    // Task 5 waits in both; only acme's agent becomes available: only acme's is offered.
+    c.ok(chat(5, 1));
+    let mut t = chat(5, 1);
+    t["tenant"] = "acme".into();
+    c.ok(t);
+    c.ok(json!({"op": "agent.status", "tenant": "acme", "agent": 7, "status": "available"}));
+    let (offer, before) = c.until("task.offered", Some(5));
+    assert_eq!(offer["tenant"], "acme", "{offer}");
+    assert_eq!(offer["agent"], 7);
+    assert!(before.iter().all(|e| e["tenant"].is_string()), "{before:?}");
+    let queued: Vec<&Value> = before
+        .iter()
+        .filter(|e| e["event"] == "task.queued")
+        .collect();
+    assert_eq!(queued.len(), 2, "{before:?}");
+    assert_eq!(queued[0]["tenant"], "default");
+    assert_eq!(queued[1]["tenant"], "acme");
+    assert_eq!(
+        c.ok(json!({"op": "task.get", "task": 5}))["state"],
+        "waiting"
+    );
+    assert_eq!(
+        c.ok(json!({"op": "task.get", "tenant": "acme", "task": 5}))["state"],
+        "offered"
+    );
+    // Accepting in the wrong tenant finds no offer there.
+    assert_eq!(
+        c.err(json!({"op": "offer.accept", "task": 5, "agent": 7})),
+        "conflict"
+    );
+    c.ok(json!({"op": "offer.accept", "tenant": "acme", "task": 5, "agent": 7}));
+    c.ok(json!({"op": "task.complete", "tenant": "acme", "task": 5}));
+    let (done, _) = c.until("task.completed", Some(5));
+    assert_eq!(done["tenant"], "acme");
+    // The default tenant's task 5 still waits, and its id can be served there now.
+    c.ok(json!({"op": "agent.status", "agent": 7, "status": "available"}));
+    let (offer, _) = c.until("task.offered", Some(5));
+    assert_eq!(offer["tenant"], "default");
+    assert_eq!(
+        c.ok(json!({"op": "task.get", "tenant": "acme", "task": 5}))["state"],
+        "ended"
+    );
+    // Statistics are per tenant.
+    let acme = c.ok(json!({"op": "queue.stats", "tenant": "acme", "queue": 1}));
+    assert_eq!(acme["stats"]["total"]["completed"], 1, "{acme}");
+    let dflt = c.ok(json!({"op": "queue.stats", "queue": 1}));
+    assert_eq!(dflt["stats"]["total"]["completed"], 0, "{dflt}");
+}
+
+#[test]
+fn three_shards_route_tenants_and_restore_them_after_kill_9() {
+    let mut e = start_with_shards(3);
+    assert_eq!(
+        acd_threads(&e),
+        vec!["sb-acd-0", "sb-acd-1", "sb-acd-2"],
+        "one thread per shard"
+    );
+    // Two tenants on two different shards (and the default tenant on its own).
+    let names: Vec<String> = (0..64).map(|i| format!("tenant-{i}")).collect();
+    let a = names[0].clone();
+    let b = names
+        .iter()
+        .find(|n| shard_of(n, 3) != shard_of(&a, 3))
+        .unwrap()
+        .clone();
+    let mut c = Ctl::connect(e.control);
+    c.subscribe_acd();
+    for t in [&a, &b] {
+        tenant_setup(&mut c, t, "support");
+        c.ok(json!({"op": "agent.status", "tenant": t, "agent": 7, "status": "available"}));
+    }
+    // Task 1 is assigned in both tenants; tasks 2 and 3 wait in both.
+    for t in [&a, &b] {
+        for task in 1..=3u64 {
+            let mut v = chat(task, 1);
+            v["tenant"] = t.as_str().into();
+            v["context"] = json!({"who": t, "n": task});
+            c.ok(v);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        c.ok(json!({"op": "offer.accept", "tenant": t, "task": 1, "agent": 7}));
+    }
+    // Many tenants across the shards, each with its own queue 1.
+    for n in &names[2..20] {
+        c.ok(json!({"op": "queue.create", "tenant": n, "queue": 1}));
+    }
+    for n in &names[2..20] {
+        assert_eq!(
+            c.ok(json!({"op": "queue.get", "tenant": n, "queue": 1}))["queue"]["queue"],
+            1
+        );
+    }
+    drop(c);
+
+    e.restart();
+    assert_eq!(acd_threads(&e).len(), 3);
+    let mut c = Ctl::connect(e.control);
+    for t in [&a, &b] {
+        for task in 1..=3u64 {
+            let v = c.ok(json!({"op": "task.get", "tenant": t, "task": task}));
+            assert_eq!(v["state"], "waiting", "{t} {v}");
+            assert_eq!(v["context"]["who"], t.as_str());
+        }
+        let ag = c.ok(json!({"op": "agent.get", "tenant": t, "agent": 7}));
+        assert_eq!(ag["reason"], "engine_restart", "{ag}");
+    }
+    assert_eq!(
+        c.ok(json!({"op": "queue.list", "tenant": &names[5]}))["queues"],
+        json!([{"queue": 1, "name": null}])
+    );
+    assert_eq!(c.ok(json!({"op": "queue.list"}))["queues"], json!([]));
+    // Each tenant serves its own line, the held task first.
+    c.subscribe_acd();
+    for t in [&a, &b] {
+        c.ok(json!({"op": "agent.status", "tenant": t, "agent": 7, "status": "available"}));
+        let (offer, _) = c.until("task.offered", None);
+        assert_eq!(offer["tenant"], t.as_str(), "{offer}");
+        assert_eq!(offer["task"], 1);
+        assert_eq!(offer["context"]["who"], t.as_str());
+    }
+    // A hang-up reaches every shard: voice tasks of one call in two tenants both end.
+    ng_call(&e, "acd-shared-call");
+    for t in [&a, &b] {
+        c.ok(
+            json!({"op": "task.enqueue", "tenant": t, "task": 9, "queue": 1,
+            "channel": "voice", "call": "acd-shared-call", "leg": "cust"}),
+        );
+    }
+    c.ok(json!({"op": "call.delete", "call": "acd-shared-call"}));
+    let mut ended = Vec::new();
+    while ended.len() < 2 {
+        let (ev, _) = c.until("task.abandoned", Some(9));
+        assert_eq!(ev["reason"], "hangup", "{ev}");
+        ended.push(ev["tenant"].as_str().unwrap().to_owned());
+    }
+    ended.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(ended, want);
+    // Engine-wide agent figures add up over the shards.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (code, body) = e.http_get("/metrics");
+        assert_eq!(code, 200);
+        if body.contains("switchboard_acd_agents_status{status=\"available\"} 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hostile_tenant_names_are_refused() {
+    let e = Engine::start("epoll", &[]);
+    let mut c = Ctl::connect(e.control);
+    let long = "t".repeat(65);
+    for bad in [
+        json!(""),
+        json!(long),
+        json!("a b"),
+        json!("../../etc"),
+        json!("a/b"),
+        json!("x'; DROP TABLE acd_tasks; --"),
+        json!("caf\u{e9}"),
+        json!("nul\u{0}"),
+        json!("line\nbreak"),
+        json!(42),
+        json!(null),
+        json!({"name": "x"}),
+        json!(["x"]),
+    ] {
+        for op in [
+            json!({"op": "queue.create", "queue": 1, "tenant": bad.clone()}),
+            json!({"op": "queue.list", "tenant": bad.clone()}),
+            json!({"op": "task.get", "task": 1, "tenant": bad.clone()}),
+            json!({"op": "forecast.staffing", "arrivals": 10, "aht_s": 100,
+                "agents": 5, "tenant": bad.clone()}),
+        ] {
+            assert_eq!(c.err(op.clone()), "bad_request", "{op}");
+        }
+    }
+    // The longest name and every allowed character work; `default` is the default.
+    let ok = format!("A-z_0.9{}", "x".repeat(57));
+    assert_eq!(ok.len(), 64);
+    c.ok(json!({"op": "queue.create", "tenant": ok, "queue": 1}));
+    c.ok(json!({"op": "queue.create", "tenant": "default", "queue": 2}));
+    assert_eq!(
+        c.ok(json!({"op": "queue.list"}))["queues"],
+        json!([{"queue": 2, "name": null}])
+    );
+    assert_eq!(
+        c.ok(json!({"op": "queue.list", "tenant": ok}))["queues"],
+        json!([{"queue": 1, "name": null}])
+    );
+    c.ok(
+        json!({"op": "forecast.staffing", "arrivals": 10, "aht_s": 100, "agents": 5,
+        "tenant": "acme"}),
+    );
 }

@@ -26,6 +26,9 @@ const UNITS_PER_POINT: i128 = 60_000;
 
 type Slot = u32;
 
+/// Emptied offer lists kept for reuse.
+const SPARE_OFFER_LISTS: usize = 1024;
+
 /// A waiting task's place in line: ascending order is best first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct LineKey {
@@ -34,6 +37,42 @@ struct LineKey {
     /// Global enqueue order: first come, first served among equals.
     seq: u64,
     slot: Slot,
+}
+
+/// A lane of waiting tasks in line order, with its best entry kept at hand: a freed agent
+/// reads the head of every lane it belongs to, and a cached head spares a walk down each
+/// tree (the lanes of a busy contact center hold thousands of tasks).
+#[derive(Debug, Clone, Default)]
+struct Lane {
+    set: BTreeSet<LineKey>,
+    head: Option<LineKey>,
+}
+
+impl Lane {
+    fn insert(&mut self, key: LineKey) {
+        if self.set.insert(key) && self.head.is_none_or(|h| key < h) {
+            self.head = Some(key);
+        }
+    }
+
+    fn remove(&mut self, key: &LineKey) {
+        if self.set.remove(key) && self.head.as_ref() == Some(key) {
+            self.head = self.set.first().copied();
+        }
+    }
+
+    /// The best task in line.
+    fn first(&self) -> Option<&LineKey> {
+        self.head.as_ref()
+    }
+}
+
+impl std::ops::Deref for Lane {
+    type Target = BTreeSet<LineKey>;
+
+    fn deref(&self) -> &BTreeSet<LineKey> {
+        &self.set
+    }
 }
 
 /// An agent's place in a pool: ascending order is the strategy's best first.
@@ -103,7 +142,7 @@ struct Queue {
     starts: Vec<u64>,
     /// Index `step * 2 + emotion`.
     targets: Vec<Target>,
-    lanes: Vec<BTreeSet<LineKey>>,
+    lanes: Vec<Lane>,
     pools: Vec<BTreeSet<PoolKey>>,
     extra: BTreeMap<ExtraLane, BTreeSet<LineKey>>,
     preferred: BTreeSet<(Slot, u8, LineKey)>,
@@ -469,6 +508,11 @@ pub struct Router {
     timers: BTreeSet<(Timestamp, TimerKey)>,
     dirty_tasks: Vec<Slot>,
     dirty_agents: VecDeque<Slot>,
+    /// Emptied offer lists of ended tasks, reused by new tasks (no allocation per task).
+    spare_offer_lists: Vec<Vec<Slot>>,
+    /// The context of every task enqueued without one: one shared, warm allocation
+    /// instead of one per task, touched (and dropped) at the task's end.
+    empty_context: Arc<str>,
     events: VecDeque<EventRecord>,
     next_event: u64,
     next_task_seq: u64,
@@ -498,6 +542,8 @@ impl Router {
             timers: BTreeSet::new(),
             dirty_tasks: Vec::new(),
             dirty_agents: VecDeque::new(),
+            spare_offer_lists: Vec::new(),
+            empty_context: Arc::from(""),
             events: VecDeque::new(),
             next_event: 0,
             next_task_seq: 0,
@@ -620,7 +666,7 @@ impl Router {
                     queue.cfg = cfg;
                     queue.starts = starts;
                     queue.targets = targets;
-                    queue.lanes = vec![BTreeSet::new(); lane_count];
+                    queue.lanes = vec![Lane::default(); lane_count];
                     queue.pools = vec![BTreeSet::new(); lane_count];
                     queue.extra.clear();
                     queue.preferred.clear();
@@ -639,7 +685,7 @@ impl Router {
                     cfg,
                     starts,
                     targets,
-                    lanes: vec![BTreeSet::new(); lane_count],
+                    lanes: vec![Lane::default(); lane_count],
                     pools: vec![BTreeSet::new(); lane_count],
                     extra: BTreeMap::new(),
                     preferred: BTreeSet::new(),
@@ -938,6 +984,12 @@ impl Router {
             }
         }
         let required = new.required.map(|e| self.intern_expr(e));
+        let offers = self.spare_offer_lists.pop().unwrap_or_default();
+        let context = if new.context.is_empty() {
+            self.empty_context.clone()
+        } else {
+            new.context
+        };
         let seq = self.next_task_seq;
         self.next_task_seq += 1;
         let t = self.tasks.insert(Task {
@@ -950,7 +1002,7 @@ impl Router {
             required,
             preferred,
             customer_leg: new.customer_leg,
-            context: new.context,
+            context,
             created_at: self.now,
             queued_at: self.now,
             hops: 0,
@@ -962,7 +1014,7 @@ impl Router {
                 seq,
                 slot: 0,
             },
-            offers: Vec::new(),
+            offers,
             ring: false,
             timer_at: None,
             dirty: false,
@@ -1068,7 +1120,7 @@ impl Router {
                 c.answered_wait_ms = c.answered_wait_ms.saturating_add(waited);
             });
         }
-        self.clean_arrivals(q);
+        self.clean_arrivals(q, t);
         if let Some(ag) = self.agents.get_mut(a) {
             ag.assigned.push(t);
             ag.missed = 0;
@@ -1604,7 +1656,7 @@ impl Router {
                 if let Some(first) = queue
                     .lanes
                     .get(lane_index(m.step, m.emotion, channel))
-                    .and_then(BTreeSet::first)
+                    .and_then(Lane::first)
                 {
                     consider(first, queue.rate());
                 }
@@ -2199,7 +2251,7 @@ impl Router {
                     task.hops += 1;
                     task.queue = nq;
                 }
-                self.clean_arrivals(q);
+                self.clean_arrivals(q, t);
                 self.push(Event::TaskOverflowed { task: id, from, to });
                 Some(nq)
             }
@@ -2332,12 +2384,17 @@ impl Router {
         if let Some(at) = task.timer_at.take() {
             self.timers.remove(&(at, TimerKey::Task(t)));
         }
+        let mut offers = std::mem::take(&mut task.offers);
+        if offers.capacity() > 0 && self.spare_offer_lists.len() < SPARE_OFFER_LISTS {
+            offers.clear();
+            self.spare_offer_lists.push(offers);
+        }
         self.task_ids.remove(&task.id);
         if let Some(e) = task.required {
             self.release_expr(e);
         }
         self.dirty_tasks.retain(|&x| x != t);
-        self.clean_arrivals(task.queue);
+        self.clean_arrivals(task.queue, t);
     }
 
     fn arrival_valid(&self, q: u32, e: &(Timestamp, u64, Slot)) -> bool {
@@ -2349,13 +2406,20 @@ impl Router {
         })
     }
 
-    /// Drops stale entries from the front of a queue's arrival order (and compacts it when
-    /// mostly stale), so its front is the longest-waiting task.
-    fn clean_arrivals(&mut self, q: u32) {
+    /// Task `t` left queue `q`'s line for good (assigned, moved or ended): drops stale
+    /// entries from the front of the queue's arrival order (and compacts it when mostly
+    /// stale), so its front is the longest-waiting task. The front is valid before the
+    /// change, so only an entry of `t` can have made it stale: when `t` is not at the front
+    /// there is nothing to look at (no task is touched).
+    fn clean_arrivals(&mut self, q: u32, t: Slot) {
         let Some(queue) = self.queue_mut(q) else {
             return;
         };
         let live = (queue.in_line + queue.offered) as usize;
+        let front_is_t = queue.arrivals.front().is_some_and(|e| e.2 == t);
+        if !front_is_t && queue.arrivals.len() <= 2 * live + 64 {
+            return;
+        }
         let mut arrivals = std::mem::take(&mut queue.arrivals);
         while let Some(front) = arrivals.front() {
             if self.arrival_valid(q, front) {
@@ -2445,6 +2509,7 @@ impl Router {
         let mut out: Vec<Slot> = queue
             .lanes
             .iter()
+            .map(|l| &l.set)
             .chain(queue.extra.values())
             .flat_map(|l| l.iter().map(|k| k.slot))
             .chain(queue.preferred.iter().map(|e| e.2.slot))
@@ -2935,7 +3000,17 @@ impl Router {
             if (queue.in_line, queue.offered, queue.assigned) != c {
                 return Err(format!("queue {} counts {c:?} wrong", queue.cfg.id));
             }
-            let lane_total: usize = queue.lanes.iter().map(BTreeSet::len).sum::<usize>()
+            if let Some(lane) = queue
+                .lanes
+                .iter()
+                .find(|l| l.head != l.set.first().copied())
+            {
+                return Err(format!(
+                    "queue {} lane head {:?} is not its first entry",
+                    queue.cfg.id, lane.head
+                ));
+            }
+            let lane_total: usize = queue.lanes.iter().map(|l| l.set.len()).sum::<usize>()
                 + queue.extra.values().map(BTreeSet::len).sum::<usize>()
                 + queue.preferred.len();
             if lane_total != c.0 as usize {

@@ -79,6 +79,69 @@ impl QueueSlot {
     }
 }
 
+/// Agents by state and by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AgentFigures {
+    /// Logged in and idle.
+    pub idle: u64,
+    /// Holding an offer.
+    pub reserved: u64,
+    /// Working on a task.
+    pub busy: u64,
+    /// In wrap-up.
+    pub wrap_up: u64,
+    /// Status available.
+    pub available: u64,
+    /// Status away.
+    pub away: u64,
+    /// Status offline.
+    pub offline: u64,
+}
+
+impl AgentFigures {
+    fn from_slots(a: &[AtomicU64; 7]) -> Self {
+        let v = |i: usize| a[i].load(Ordering::Relaxed);
+        AgentFigures {
+            idle: v(0),
+            reserved: v(1),
+            busy: v(2),
+            wrap_up: v(3),
+            available: v(4),
+            away: v(5),
+            offline: v(6),
+        }
+    }
+}
+
+/// One queue's figures as last published by the shard (about twice a second).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct QueueFigures {
+    /// Queue id.
+    pub queue: u64,
+    /// Tasks waiting in line.
+    pub waiting: u64,
+    /// Tasks being offered.
+    pub offered: u64,
+    /// The longest current wait, ms.
+    pub longest_wait_ms: u64,
+    /// Answered within the service-level threshold over ended waits (sliding window).
+    pub service_level: Option<f64>,
+    /// Abandoned over ended waits (sliding window).
+    pub abandon_rate: Option<f64>,
+    /// Average speed of answer, ms (sliding window).
+    pub asa_ms: Option<f64>,
+    /// Share of staffed eligible agents not idle.
+    pub occupancy: Option<f64>,
+    /// Tasks that entered since the queue was created.
+    pub entered: u64,
+    /// Tasks answered since the queue was created.
+    pub answered: u64,
+    /// Tasks abandoned since the queue was created.
+    pub abandoned: u64,
+    /// Eligible agents by state and status.
+    pub agents: AgentFigures,
+}
+
 /// The ACD's counters and gauges.
 #[derive(Debug)]
 pub struct AcdMetrics {
@@ -225,6 +288,54 @@ impl AcdMetrics {
     pub(crate) fn count_restored(&self, restored: u64, ended: u64) {
         bump(&self.restored, restored);
         bump(&self.ended_on_restore, ended);
+    }
+
+    /// The published figures of every exported queue, for the dashboard (lock-free reads).
+    #[must_use]
+    pub fn queue_figures(&self) -> Vec<QueueFigures> {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let ratio = |c: &AtomicU64| Some(f64::from_bits(load(c))).filter(|v| v.is_finite());
+        self.queues
+            .iter()
+            .filter(|q| load(&q.id) != EMPTY)
+            .map(|q| QueueFigures {
+                queue: load(&q.id),
+                waiting: load(&q.waiting),
+                offered: load(&q.offered),
+                longest_wait_ms: load(&q.longest_wait_ms),
+                service_level: ratio(&q.service_level),
+                abandon_rate: ratio(&q.abandon_rate),
+                asa_ms: ratio(&q.asa_ms),
+                occupancy: ratio(&q.occupancy),
+                entered: load(&q.totals[0]),
+                answered: load(&q.totals[1]),
+                abandoned: load(&q.totals[3]),
+                agents: AgentFigures::from_slots(&q.agents),
+            })
+            .collect()
+    }
+
+    /// Agents by state and status, engine wide.
+    #[must_use]
+    pub fn agent_figures(&self) -> AgentFigures {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.agents_by_state;
+        let t = &self.agents_by_status;
+        AgentFigures {
+            idle: load(&s[0]),
+            reserved: load(&s[1]),
+            busy: load(&s[2]),
+            wrap_up: load(&s[3]),
+            available: load(&t[0]),
+            away: load(&t[1]),
+            offline: load(&t[2]),
+        }
+    }
+
+    /// Live tasks (waiting, offered or assigned).
+    #[must_use]
+    pub fn tasks_live(&self) -> u64 {
+        self.tasks_live.load(Ordering::Relaxed)
     }
 
     /// Appends the ACD section of the Prometheus text exposition to `out`.

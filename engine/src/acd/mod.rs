@@ -1,46 +1,65 @@
 //! The ACD service: the [`switchboard_router::Router`] running inside the engine.
 //!
+//! ## Tenants and shards
+//!
+//! Every request names a *tenant* (`"tenant": "name"`, default `default`); queues, agents
+//! and tasks live in their tenant, and the same id may exist in two tenants independently.
+//! Each tenant has its own [`switchboard_router::Router`]. Tenants map to *shards* by a
+//! stable hash of their name ([`shard_of`], FNV-1a): `[acd] shards = N` in the
+//! configuration, by default one per four cores (at least one, at most
+//! [`crate::config::MAX_ACD_SHARDS`]). A tenant always lands on the same shard for the same
+//! `N`, so a restart restores it where its requests go.
+//!
 //! ## Threads and queues
 //!
-//! * **`sb-acd`** (one thread, the router *shard*): owns the [`switchboard_router::Router`] and everything the
-//!   engine keeps next to it (queue and agent definitions, per-task metadata such as the
-//!   customer's call). It is fed by a bounded lock-free MPSC queue
+//! * **`sb-acd-K`** (one thread per shard): owns the routers of its tenants and everything
+//!   the engine keeps next to them (queue and agent definitions, per-task metadata such as
+//!   the customer's call). Each shard is fed by its own bounded lock-free MPSC queue
 //!   ([`crossbeam::channel`]) of requests, each carrying a [`tokio::sync::oneshot`] reply
-//!   channel. It drives the router with the engine's monotonic clock, fires
+//!   channel. It drives the routers with the engine's monotonic clock, fires
 //!   `Router::handle_timeout` at `Router::poll_timeout`, and turns every router event into
-//!   a JSON event for the native control subscribers (topic `acd`). It never takes a lock.
+//!   a JSON event (carrying `tenant`) for the native control subscribers (topic `acd`). It
+//!   never takes a lock.
+//! * **[`AcdHandle`]**: cloneable, usable from any thread; it holds every shard's sender and
+//!   picks the queue of a request from its tenant (a hash, no lock, no shared map).
 //! * **`sb-acd-store`** (one thread): owns the SQLite connection (`acd.sqlite` in the state
-//!   directory, WAL mode). The shard hands it batches of writes through a second bounded
+//!   directory, WAL mode). The shards hand it batches of writes through a second bounded
 //!   queue; it commits whatever has piled up in one transaction and only then sends the
 //!   replies of the requests those writes belong to, so an acknowledged change is on disk
 //!   (see [`store`]).
-//! * On the control runtime, two small tasks: one forwards the shard's events (a bounded
+//! * On the control runtime, two small tasks: one forwards the shards' events (a bounded
 //!   `tokio` channel, written with `try_send`) to the hub's broadcast, the other watches the
-//!   hub's `call.deleted` / `media.timeout` events and tells the shard which calls are gone,
-//!   so voice tasks of a hung-up call end at once.
+//!   hub's `call.deleted` / `media.timeout` events and tells every shard which calls are
+//!   gone, so voice tasks of a hung-up call end at once in whichever tenant they are.
 //!
-//! Connection tasks parse and check each request ([`ops`]) before queueing it, so the shard
+//! Connection tasks parse and check each request ([`ops`]) before queueing it, so a shard
 //! only applies typed requests. `forecast.staffing` is pure arithmetic and runs on a blocking
-//! thread of the control runtime, never on the shard.
+//! thread of the control runtime, never on a shard.
 //!
 //! ## Time
 //!
-//! The router counts milliseconds from an epoch chosen at start-up: the earlier of the
-//! engine's start and the oldest persisted task's enqueue time. Router time `t` is wall-clock
-//! time `epoch + t`; the store keeps wall-clock enqueue times, so a restart maps them back
-//! to router times and every restored task keeps its place in line.
+//! A tenant's router counts milliseconds from an epoch chosen at start-up: the earlier of
+//! the engine's start and the tenant's oldest persisted task's enqueue time. Router time `t`
+//! is wall-clock time `epoch + t`; the store keeps wall-clock enqueue times, so a restart
+//! maps them back to router times and every restored task keeps its place in line.
 //!
 //! ## Recovery
 //!
-//! Before its first request the shard replays the store: queues (first without their
-//! exits, then with them, so queues overflowing into each other restore in any order),
-//! agents (those that were available come back away with reason `engine_restart`), then
-//! every persisted non-voice task, oldest first, enqueued *at its original enqueue time* so
-//! aging, routing steps, emotion windows and maximum waits count from then; a task that was
-//! assigned waits first for the agent that held it. Persisted voice tasks end with
-//! `task.ended`, reason `call_gone` (calls do not survive a restart). Finally the router is
-//! advanced to now, firing every deadline that passed while the engine was down, each at its
-//! own time.
+//! Before its first request each shard replays the store, tenant by tenant (those that hash
+//! to it): queues (first without their exits, then with them, so queues overflowing into
+//! each other restore in any order), agents (those that were available come back away with
+//! reason `engine_restart`), then every persisted non-voice task, oldest first, enqueued *at
+//! its original enqueue time* so aging, routing steps, emotion windows and maximum waits
+//! count from then; a task that was assigned waits first for the agent that held it.
+//! Persisted voice tasks end with `task.ended`, reason `call_gone` (calls do not survive a
+//! restart). Finally the router is advanced to now, firing every deadline that passed while
+//! the engine was down, each at its own time.
+//!
+//! ## Metrics
+//!
+//! Engine-wide totals (queues, live tasks, agents by state and status) are summed over the
+//! shards. Per-queue series in `/metrics` are exported for tenant `default` only (the queue
+//! id is their only label); every tenant's figures are available through `queue.stats`.
 
 pub mod metrics;
 pub mod ops;
@@ -49,6 +68,7 @@ pub mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -63,7 +83,7 @@ use self::ops::Request;
 use crate::control::Hub;
 use crate::control::native::{ErrorCode, OpError};
 
-/// Requests queued to the shard before new ones are refused with `unavailable`.
+/// Requests queued to one shard before new ones are refused with `unavailable`.
 pub const REQUEST_QUEUE: usize = 16 * 1024;
 /// Write batches queued to the store thread before the shard waits for it.
 pub const STORE_QUEUE: usize = 16 * 1024;
@@ -75,8 +95,9 @@ pub const DB_FILE: &str = "acd.sqlite";
 /// The reply to one request.
 pub(crate) type Reply = oneshot::Sender<Result<Value, OpError>>;
 
-/// One queued request and where its answer goes.
+/// One queued request, its tenant and where its answer goes.
 pub(crate) struct Envelope {
+    pub(crate) tenant: Arc<str>,
     pub(crate) request: Request,
     pub(crate) reply: Option<Reply>,
 }
@@ -88,14 +109,69 @@ pub struct AcdConfig {
     pub state_dir: PathBuf,
     /// The engine's monotonic clock origin.
     pub epoch: Instant,
-    /// Router limits.
+    /// Router limits (of each tenant).
     pub router: RouterConfig,
+    /// Router shards (threads), at least 1.
+    pub shards: usize,
 }
 
-/// A cheap, cloneable handle on the ACD shard, usable from any thread.
+/// The shard of `tenant` among `shards`: FNV-1a (64-bit) of the name, modulo `shards`.
+/// Stable across runs and builds, so persisted tenants restore into the shard their
+/// requests go to.
+#[must_use]
+pub fn shard_of(tenant: &str, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tenant.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let n = shards.max(1) as u64;
+    // `h % n` is below `n`, which came from a `usize`.
+    usize::try_from(h % n).unwrap_or(0)
+}
+
+/// Engine-wide figures each shard publishes, summed for `/metrics` (relaxed atomics).
+#[derive(Debug)]
+pub(crate) struct ShardTotals {
+    /// Per shard: queues, live tasks, agents by state (4), agents by status (3).
+    rows: Box<[[AtomicU64; 9]]>,
+}
+
+impl ShardTotals {
+    fn new(shards: usize) -> ShardTotals {
+        ShardTotals {
+            rows: (0..shards).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Stores shard `k`'s figures and publishes the sums over every shard.
+    pub(crate) fn publish(&self, k: usize, mine: [u64; 9], metrics: &AcdMetrics) {
+        if let Some(row) = self.rows.get(k) {
+            for (c, v) in row.iter().zip(mine) {
+                c.store(v, Ordering::Relaxed);
+            }
+        }
+        let mut sum = [0u64; 9];
+        for row in &self.rows {
+            for (s, c) in sum.iter_mut().zip(row) {
+                *s = s.saturating_add(c.load(Ordering::Relaxed));
+            }
+        }
+        let by_state = [sum[2], sum[3], sum[4], sum[5]];
+        let by_status = [sum[6], sum[7], sum[8]];
+        metrics.set_totals(
+            usize::try_from(sum[0]).unwrap_or(usize::MAX),
+            usize::try_from(sum[1]).unwrap_or(usize::MAX),
+            &by_state,
+            &by_status,
+        );
+    }
+}
+
+/// A cheap, cloneable handle on the ACD shards, usable from any thread.
 #[derive(Clone)]
 pub struct AcdHandle {
-    tx: channel::Sender<Envelope>,
+    shards: Arc<[channel::Sender<Envelope>]>,
     metrics: Arc<crate::metrics::ControlMetrics>,
 }
 
@@ -110,17 +186,39 @@ fn unavailable(message: &str) -> OpError {
 }
 
 impl AcdHandle {
-    /// Queues a request and waits for its reply.
-    async fn call(&self, request: Request) -> Result<Value, OpError> {
+    /// The number of router shards.
+    #[must_use]
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn sender(&self, tenant: &str) -> Result<&channel::Sender<Envelope>, OpError> {
+        self.shards
+            .get(shard_of(tenant, self.shards.len()))
+            .ok_or_else(|| unavailable("the ACD is not running"))
+    }
+
+    /// Queues a request to its tenant's shard and waits for its reply.
+    async fn call(&self, tenant: Arc<str>, request: Request) -> Result<Value, OpError> {
         let (reply, rx) = oneshot::channel();
-        self.post(request, Some(reply))?;
+        self.post(tenant, request, Some(reply))?;
         rx.await
             .map_err(|_| unavailable("the ACD stopped before answering"))?
     }
 
     /// Queues a request without waiting; a full queue refuses it.
-    fn post(&self, request: Request, reply: Option<Reply>) -> Result<(), OpError> {
-        match self.tx.try_send(Envelope { request, reply }) {
+    fn post(
+        &self,
+        tenant: Arc<str>,
+        request: Request,
+        reply: Option<Reply>,
+    ) -> Result<(), OpError> {
+        let tx = self.sender(&tenant)?;
+        match tx.try_send(Envelope {
+            tenant,
+            request,
+            reply,
+        }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.metrics.acd.count_rejected();
@@ -135,14 +233,15 @@ impl AcdHandle {
 #[derive(Debug)]
 pub struct AcdService {
     handle: AcdHandle,
-    shard: Option<JoinHandle<()>>,
+    shards: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
 }
 
 impl AcdService {
     /// Opens the store, restores the persisted queues, agents and tasks, and starts the
     /// shard and store threads plus the event forwarders on the current `tokio` runtime.
-    /// The shard replays the persisted state before it serves its first request.
+    /// Each shard replays the persisted state of its tenants before it serves its first
+    /// request.
     ///
     /// # Errors
     /// When the database cannot be opened or created, or a thread cannot be spawned.
@@ -155,30 +254,69 @@ impl AcdService {
         let (store_tx, store_rx) = channel::bounded(STORE_QUEUE);
         let writer = store::spawn_writer(conn, store_rx, control_metrics.clone())
             .context("starting the ACD store thread")?;
-        let (tx, rx) = channel::bounded(REQUEST_QUEUE);
+        let n = config.shards.max(1);
+        let mut per_shard: Vec<Vec<(String, store::Loaded)>> = (0..n).map(|_| Vec::new()).collect();
+        for (tenant, l) in loaded {
+            if let Some(v) = per_shard.get_mut(shard_of(&tenant, n)) {
+                v.push((tenant, l));
+            }
+        }
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
-        let shard = shard::spawn(
-            shard::ShardConfig {
-                epoch: config.epoch,
-                router: config.router,
-            },
-            loaded,
-            rx,
-            store_tx,
-            ev_tx,
-            control_metrics.clone(),
-        )
-        .context("starting the ACD thread")?;
+        let totals = Arc::new(ShardTotals::new(n));
+        // The shard of tenant `default` owns the per-queue metric slots.
+        let slots_shard = shard_of(ops::DEFAULT_TENANT, n);
+        let mut senders = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for (k, tenants) in per_shard.into_iter().enumerate() {
+            let (tx, rx) = channel::bounded(REQUEST_QUEUE);
+            let spawned = shard::spawn(
+                shard::ShardConfig {
+                    index: k,
+                    epoch: config.epoch,
+                    router: config.router.clone(),
+                    metric_slots: k == slots_shard,
+                    totals: totals.clone(),
+                },
+                tenants,
+                rx,
+                store_tx.clone(),
+                ev_tx.clone(),
+                control_metrics.clone(),
+            );
+            match spawned {
+                Ok(t) => {
+                    senders.push(tx);
+                    threads.push(t);
+                }
+                Err(e) => {
+                    // Stop the shards already running before giving up.
+                    for tx in &senders {
+                        let _ = tx.send(Envelope {
+                            tenant: Arc::from(ops::DEFAULT_TENANT),
+                            request: Request::Shutdown,
+                            reply: None,
+                        });
+                    }
+                    drop(store_tx);
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    let _ = writer.join();
+                    return Err(e).context("starting an ACD shard thread");
+                }
+            }
+        }
+        drop(store_tx);
         let handle = AcdHandle {
-            tx,
+            shards: senders.into(),
             metrics: control_metrics,
         };
         tokio::spawn(forward_events(hub.clone(), ev_rx));
         tokio::spawn(watch_calls(hub.clone(), handle.clone()));
-        info!(db = %path.display(), "ACD started");
+        info!(db = %path.display(), shards = n, "ACD started");
         Ok(AcdService {
             handle,
-            shard: Some(shard),
+            shards: threads,
             writer: Some(writer),
         })
     }
@@ -189,19 +327,25 @@ impl AcdService {
         self.handle.clone()
     }
 
-    /// Stops the shard, lets the store thread commit what is queued, and waits for both.
+    /// Stops the shards, lets the store thread commit what is queued, and waits for them.
     /// Call it outside the control runtime's threads (it blocks).
     pub fn shutdown(mut self) {
         // Requests queued before this one are still served.
-        let _ = self.handle.tx.send(Envelope {
-            request: Request::Shutdown,
-            reply: None,
-        });
-        for (name, thread) in [("shard", self.shard.take()), ("store", self.writer.take())] {
-            if let Some(t) = thread {
-                if t.join().is_err() {
-                    warn!(thread = name, "ACD thread panicked");
-                }
+        for tx in self.handle.shards.iter() {
+            let _ = tx.send(Envelope {
+                tenant: Arc::from(ops::DEFAULT_TENANT),
+                request: Request::Shutdown,
+                reply: None,
+            });
+        }
+        for t in self.shards.drain(..) {
+            if t.join().is_err() {
+                warn!(thread = "shard", "ACD thread panicked");
+            }
+        }
+        if let Some(t) = self.writer.take() {
+            if t.join().is_err() {
+                warn!(thread = "store", "ACD thread panicked");
             }
         }
         info!("ACD stopped");
@@ -222,7 +366,7 @@ pub fn handles(op: &str) -> bool {
 /// # Errors
 /// An [`OpError`] with a stable code; see `docs/control-protocol.md`.
 pub async fn native_op(hub: &Hub, op: &str, req: &Value) -> Result<Value, OpError> {
-    let request = ops::parse(op, req)?;
+    let (tenant, request) = ops::parse(op, req)?;
     let request = match request {
         Request::Forecast(f) => {
             return tokio::task::spawn_blocking(move || ops::forecast(&f))
@@ -240,7 +384,7 @@ pub async fn native_op(hub: &Hub, op: &str, req: &Value) -> Result<Value, OpErro
     let acd = hub
         .acd()
         .ok_or_else(|| unavailable("the ACD is not running"))?;
-    acd.call(request).await
+    acd.call(tenant, request).await
 }
 
 /// A voice task may only name a call (and a leg tag of it) the engine knows.
@@ -276,7 +420,8 @@ async fn forward_events(hub: Hub, mut rx: mpsc::Receiver<Value>) {
     }
 }
 
-/// Tells the shard about calls that ended, so their voice tasks end too.
+/// Tells every shard about calls that ended, so their voice tasks end too (a call may carry
+/// tasks of any tenant).
 async fn watch_calls(hub: Hub, acd: AcdHandle) {
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = hub.subscribe();
@@ -290,19 +435,22 @@ async fn watch_calls(hub: Hub, acd: AcdHandle) {
                 let Some(call) = ev.get("call").and_then(Value::as_str) else {
                     continue;
                 };
-                let mut request = Request::CallGone(call.to_owned());
-                // A full shard queue is retried: a hang-up must not be lost.
-                loop {
-                    match acd.tx.try_send(Envelope {
-                        request,
+                for tx in acd.shards.iter() {
+                    let mut env = Envelope {
+                        tenant: Arc::from(ops::DEFAULT_TENANT),
+                        request: Request::CallGone(call.to_owned()),
                         reply: None,
-                    }) {
-                        Ok(()) => break,
-                        Err(TrySendError::Full(env)) => {
-                            request = env.request;
-                            tokio::time::sleep(Duration::from_millis(1)).await;
+                    };
+                    // A full shard queue is retried: a hang-up must not be lost.
+                    loop {
+                        match tx.try_send(env) {
+                            Ok(()) => break,
+                            Err(TrySendError::Full(back)) => {
+                                env = back;
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                            Err(TrySendError::Disconnected(_)) => return,
                         }
-                        Err(TrySendError::Disconnected(_)) => return,
                     }
                 }
             }
@@ -315,5 +463,37 @@ async fn watch_calls(hub: Hub, acd: AcdHandle) {
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_hash_stably_onto_shards() {
+        // FNV-1a reference values: the mapping must never change between builds.
+        assert_eq!(
+            shard_of("", 1 << 20),
+            (0xcbf2_9ce4_8422_2325u64 % (1 << 20)) as usize
+        );
+        assert_eq!(
+            shard_of("a", 1 << 20),
+            (0xaf63_dc4c_8601_ec8cu64 % (1 << 20)) as usize
+        );
+        for n in 1..8 {
+            for t in ["default", "acme", "x", "tenant-42"] {
+                let k = shard_of(t, n);
+                assert!(k < n);
+                assert_eq!(k, shard_of(t, n));
+            }
+        }
+        assert_eq!(shard_of("anything", 0), 0);
+        // Names spread over the shards.
+        let mut seen = [0usize; 3];
+        for i in 0..300 {
+            seen[shard_of(&format!("t{i}"), 3)] += 1;
+        }
+        assert!(seen.iter().all(|&c| c > 50), "{seen:?}");
     }
 }

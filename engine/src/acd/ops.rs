@@ -7,6 +7,7 @@
 //! a stable code and a message naming the field.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -37,6 +38,44 @@ pub const MAX_FORECAST_ERLANGS: f64 = 50_000.0;
 
 /// Why an agent is away after an engine restart, until its desk sets it available again.
 pub const RESTART_AWAY_REASON: &str = "engine_restart";
+/// The tenant of a request that names none.
+pub const DEFAULT_TENANT: &str = "default";
+/// The longest tenant name, in bytes.
+pub const MAX_TENANT: usize = 64;
+
+/// Checks a tenant name: 1 to [`MAX_TENANT`] characters of `A-Z a-z 0-9 _ . -`.
+///
+/// # Errors
+/// `bad_request` naming the problem.
+pub fn check_tenant(name: &str) -> Result<(), OpError> {
+    if name.is_empty() || name.len() > MAX_TENANT {
+        return Err(bad(format!(
+            "`tenant` is 1 to {MAX_TENANT} characters, got {}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(bad(format!(
+            "`tenant` may hold only A-Z, a-z, 0-9, `_`, `.` and `-`, not {c:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The request's tenant (removed from `map`), checked; [`DEFAULT_TENANT`] when absent.
+fn take_tenant(map: &mut Map<String, Value>) -> Result<Arc<str>, OpError> {
+    match map.remove("tenant") {
+        None => Ok(Arc::from(DEFAULT_TENANT)),
+        Some(Value::String(s)) => {
+            check_tenant(&s)?;
+            Ok(Arc::from(s))
+        }
+        Some(v) => Err(bad(format!("`tenant` must be a string, got {}", short(&v)))),
+    }
+}
 
 pub(crate) fn bad(message: impl Into<String>) -> OpError {
     OpError::new(ErrorCode::BadRequest, message)
@@ -79,6 +118,8 @@ pub(crate) enum Request {
     OfferAccept {
         task: TaskId,
         agent: AgentId,
+        /// The agent's leg for an engine-side bridge (`call`, `leg`), when given.
+        leg: Option<(String, String)>,
     },
     OfferReject {
         task: TaskId,
@@ -327,10 +368,28 @@ pub struct AgentDef {
     /// Tasks per channel at once (default: one voice task).
     #[serde(default = "default_capacity")]
     pub capacity: PerChannel<u8>,
+    /// The call holding the agent's phone leg (a permanent connection), for voice tasks the
+    /// engine bridges; `offer.accept` may name another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
+    /// The agent's leg in `call`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leg: Option<String>,
 }
 
 impl AgentDef {
     fn checked(self) -> Result<Self, OpError> {
+        match (&self.call, &self.leg) {
+            (Some(c), Some(l)) => {
+                if c.is_empty() || l.is_empty() {
+                    return Err(bad("`call` and `leg` must not be empty"));
+                }
+                check_text("call", c, MAX_NAME)?;
+                check_text("leg", l, MAX_NAME)?;
+            }
+            (None, None) => {}
+            _ => return Err(bad("an agent's `call` and `leg` go together")),
+        }
         if let Some(n) = &self.name {
             check_text("name", n, MAX_NAME)?;
         }
@@ -423,12 +482,6 @@ pub struct TaskDef {
     pub bridge: bool,
 }
 
-/// Why engine-side bridging is refused.
-pub const BRIDGE_NOT_SUPPORTED: &str = "engine-side bridging is not supported: the media \
-    relay joins exactly the two legs of one NG call on one worker, and joining legs of two \
-    separate calls needs the mixer, which is not built yet; bridge from the business layer \
-    with the call and leg carried by task.offered / task.assigned";
-
 impl TaskDef {
     fn checked(self) -> Result<Self, OpError> {
         check_agitation(self.agitation)?;
@@ -469,8 +522,10 @@ impl TaskDef {
             }
             check_text("leg", l, MAX_NAME)?;
         }
-        if self.bridge {
-            return Err(OpError::new(ErrorCode::NotSupported, BRIDGE_NOT_SUPPORTED));
+        if self.bridge && (self.call.is_none() || self.leg.is_none()) {
+            return Err(bad(
+                "`bridge` needs the customer's `call` and `leg`: the engine bridges that leg",
+            ));
         }
         Ok(self)
     }
@@ -515,6 +570,9 @@ pub struct TaskSpec {
     /// Voice: the customer's leg.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leg: Option<String>,
+    /// Voice: the engine bridges the customer's leg to the agent's when the task is assigned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bridge: bool,
 }
 
 impl From<&TaskDef> for TaskSpec {
@@ -530,6 +588,7 @@ impl From<&TaskDef> for TaskSpec {
             }),
             call: d.call.clone(),
             leg: d.leg.clone(),
+            bridge: d.bridge,
         }
     }
 }
@@ -623,6 +682,25 @@ fn id_of(op: &str, map: &Map<String, Value>, key: &str, allowed: &[&str]) -> Res
     }
 }
 
+/// Removes an optional name field (a call-id or a leg name) from `map`, checked.
+fn take_name(
+    op: &str,
+    map: &mut Map<String, Value>,
+    key: &str,
+) -> Result<Option<String>, OpError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => {
+            check_text(key, &s, MAX_NAME)?;
+            Ok(Some(s))
+        }
+        Some(v) => Err(bad(format!(
+            "{op}: `{key}` must be a non-empty string, got {}",
+            short(&v)
+        ))),
+    }
+}
+
 /// The id of an update; the other fields are the patch.
 fn patch_id(op: &str, map: &Map<String, Value>, key: &str) -> Result<u64, OpError> {
     match map.get(key) {
@@ -665,13 +743,18 @@ struct StatsReq {
     priority: u32,
 }
 
-/// Parses an ACD operation into a typed request.
+/// Parses an ACD operation into its tenant and a typed request.
 ///
 /// # Errors
-/// `unknown_op` for an op the ACD does not serve, `bad_request` for malformed fields,
-/// `not_supported` for `bridge: true`.
-pub(crate) fn parse(op: &str, req: &Value) -> Result<Request, OpError> {
-    let map = body(req)?;
+/// `unknown_op` for an op the ACD does not serve, `bad_request` for malformed fields
+/// (a bad `tenant` included).
+pub(crate) fn parse(op: &str, req: &Value) -> Result<(Arc<str>, Request), OpError> {
+    let mut map = body(req)?;
+    let tenant = take_tenant(&mut map)?;
+    Ok((tenant, parse_body(op, map)?))
+}
+
+fn parse_body(op: &str, map: Map<String, Value>) -> Result<Request, OpError> {
     let pair = |map: &Map<String, Value>| -> Result<(TaskId, AgentId), OpError> {
         let task = id_of(op, map, "task", &["agent"])?;
         let agent = id_of(op, map, "agent", &["task"])?;
@@ -774,8 +857,16 @@ pub(crate) fn parse(op: &str, req: &Value) -> Result<Request, OpError> {
         "task.complete" => Request::TaskComplete(TaskId(id_of(op, &map, "task", &[])?)),
         "task.get" => Request::TaskGet(TaskId(id_of(op, &map, "task", &[])?)),
         "offer.accept" => {
-            let (task, agent) = pair(&map)?;
-            Request::OfferAccept { task, agent }
+            let mut ids = map.clone();
+            let call = take_name(op, &mut ids, "call")?;
+            let leg = take_name(op, &mut ids, "leg")?;
+            let (task, agent) = pair(&ids)?;
+            let leg = match (call, leg) {
+                (Some(c), Some(l)) => Some((c, l)),
+                (None, None) => None,
+                _ => return Err(bad(format!("{op}: `call` and `leg` go together"))),
+            };
+            Request::OfferAccept { task, agent, leg }
         }
         "offer.reject" => {
             let (task, agent) = pair(&map)?;
@@ -875,7 +966,34 @@ mod tests {
 
     fn req(v: Value) -> Result<Request, OpError> {
         let op = v["op"].as_str().unwrap().to_owned();
-        parse(&op, &v)
+        parse(&op, &v).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn tenants_are_checked() {
+        let t = |v: Value| parse("queue.list", &v).map(|(t, _)| t.to_string());
+        assert_eq!(t(json!({"op": "queue.list"})).unwrap(), DEFAULT_TENANT);
+        assert_eq!(
+            t(json!({"op": "queue.list", "tenant": "Acme-1.eu_west"})).unwrap(),
+            "Acme-1.eu_west"
+        );
+        assert_eq!(t(json!({"tenant": "x".repeat(64)})).unwrap().len(), 64);
+        for bad in [
+            json!(""),
+            json!("x".repeat(65)),
+            json!("a b"),
+            json!("a/b"),
+            json!("../etc"),
+            json!("é"),
+            json!("a\u{0}b"),
+            json!("a'; DROP TABLE acd_tasks; --"),
+            json!(7),
+            json!(null),
+            json!(["a"]),
+        ] {
+            let e = t(json!({"op": "queue.list", "tenant": bad.clone()})).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
+        }
     }
 
     #[test]
@@ -928,7 +1046,22 @@ mod tests {
             "call": "c", "bridge": true}),
         )
         .unwrap_err();
-        assert_eq!(e.code, ErrorCode::NotSupported);
+        assert_eq!(e.code, ErrorCode::BadRequest, "bridge without a leg");
+        for c in [
+            json!({"op": "offer.accept", "task": 1, "agent": 2, "call": "c"}),
+            json!({"op": "offer.accept", "task": 1, "agent": 2, "call": "", "leg": "l"}),
+            json!({"op": "offer.accept", "task": 1, "agent": 2, "call": 5, "leg": "l"}),
+            json!({"op": "agent.create", "agent": 1, "call": "c"}),
+        ] {
+            assert_eq!(req(c.clone()).unwrap_err().code, ErrorCode::BadRequest, "{c}");
+        }
+        let Request::OfferAccept { leg, .. } = req(
+            json!({"op": "offer.accept", "task": 1, "agent": 2, "call": "a", "leg": "phone"}),
+        )
+        .unwrap() else {
+            panic!("not an accept")
+        };
+        assert_eq!(leg, Some(("a".to_owned(), "phone".to_owned())));
         assert_eq!(
             req(json!({"op": "queue.frobnicate"})).unwrap_err().code,
             ErrorCode::UnknownOp

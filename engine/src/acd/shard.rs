@@ -1,17 +1,24 @@
-//! The router shard: one thread that owns a [`Router`] and the engine's bookkeeping around
-//! it (definitions as given, per-task metadata, the calls of voice tasks, ended tasks).
+//! A router shard: one thread that owns the tenants hashed to it, each a [`Router`] with
+//! the engine's bookkeeping around it (definitions as given, per-task metadata, the calls of
+//! voice tasks, ended tasks).
 //!
 //! ## Loop
 //!
-//! Wait on the request queue until the router's next deadline ([`Router::poll_timeout`]) or
-//! the next metrics publication (every [`PUBLISH_EVERY_MS`]); fire due timers; serve a
-//! request and up to [`MAX_DRAIN`] more that are already queued; after each, drain every
-//! router event (publishing it and turning it into store writes) and hand the writes with the
-//! reply to the store thread (a request with no writes is answered at once).
+//! Wait on the request queue until the earliest next deadline of its tenants' routers
+//! ([`Router::poll_timeout`]) or the next metrics publication (every [`PUBLISH_EVERY_MS`]);
+//! fire due timers; serve a request and up to [`MAX_DRAIN`] more that are already queued;
+//! after each, drain every router event of the request's tenant (publishing it and turning
+//! it into store writes) and hand the writes with the reply to the store thread (a request
+//! with no writes is answered at once).
+//!
+//! A tenant comes into being with its first `queue.create` or `agent.create` (at most
+//! [`MAX_TENANTS`] per shard); a request to a tenant the shard does not hold is answered as
+//! by an empty tenant (empty lists, `not_found`). Calls that ended are remembered per shard
+//! (a voice task naming one is refused in every tenant).
 //!
 //! ## Recovery
 //!
-//! At start-up, before the first request:
+//! At start-up, before the first request, for each of its tenants:
 //!
 //! 1. queues are re-created at router time 0 (first without their exits, then with them, so
 //!    queues that overflow into each other can be restored in any order);
@@ -56,7 +63,7 @@ use super::ops::{
     TaskSpec, TaskUpdate, bad,
 };
 use super::store::{Batch, Loaded, StoreOp, TaskRow};
-use super::{Envelope, Reply};
+use super::{Envelope, Reply, ShardTotals};
 use crate::control::native::{ErrorCode, OpError};
 use crate::metrics::ControlMetrics;
 
@@ -70,10 +77,16 @@ pub const MAX_DRAIN: usize = 256;
 pub const MAX_ENDED: usize = 16_384;
 /// Ended calls remembered, so a voice task naming one is refused.
 pub const MAX_GONE_CALLS: usize = 4_096;
+/// Tenants one shard holds; creating one more is refused with `limit_exceeded`.
+pub const MAX_TENANTS: usize = 4_096;
 
 pub(super) struct ShardConfig {
+    pub(super) index: usize,
     pub(super) epoch: Instant,
     pub(super) router: RouterConfig,
+    /// Whether tenant `default` (hashed here) exports its queues in `/metrics`.
+    pub(super) metric_slots: bool,
+    pub(super) totals: Arc<ShardTotals>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -108,7 +121,13 @@ impl Clock {
     }
 
     fn now(&self) -> Timestamp {
-        Timestamp(self.base_ms.saturating_add(ms(self.epoch.elapsed())))
+        self.at_elapsed(ms(self.epoch.elapsed()))
+    }
+
+    /// Router time when the engine's clock reads `elapsed_ms` (one clock reading serves
+    /// every tenant of a shard: they share the engine's epoch).
+    fn at_elapsed(&self, elapsed_ms: u64) -> Timestamp {
+        Timestamp(self.base_ms.saturating_add(elapsed_ms))
     }
 
     fn wall(&self, t: Timestamp) -> u64 {
@@ -141,15 +160,17 @@ struct TaskMeta {
     spec: TaskSpec,
 }
 
-struct Shard {
+/// One tenant: its router and the engine's bookkeeping around it.
+struct Tenant {
+    name: Arc<str>,
     router: Router,
     clock: Clock,
     queues: BTreeMap<QueueId, QueueEntry>,
     agents: BTreeMap<AgentId, AgentEntry>,
     tasks: HashMap<TaskId, TaskMeta>,
+    /// The agent's leg named by `offer.accept`, until the task is assigned.
+    accept_legs: HashMap<TaskId, (String, String)>,
     calls: HashMap<String, Vec<TaskId>>,
-    gone: HashSet<String>,
-    gone_order: VecDeque<String>,
     ended: HashMap<TaskId, Value>,
     ended_order: VecDeque<TaskId>,
     /// Why the task being cancelled ends (`cancelled`, `hangup`).
@@ -168,46 +189,227 @@ struct Shard {
     event_seq: u64,
 }
 
+/// The shard: its tenants and what they share.
+struct Shard {
+    cfg: ShardConfig,
+    tenants: HashMap<Arc<str>, Tenant>,
+    gone: HashSet<String>,
+    gone_order: VecDeque<String>,
+    store: Sender<Batch>,
+    events: mpsc::Sender<Value>,
+    metrics: Arc<ControlMetrics>,
+}
+
 pub(super) fn spawn(
     cfg: ShardConfig,
-    loaded: Loaded,
+    loaded: Vec<(String, Loaded)>,
     rx: Receiver<Envelope>,
     store: Sender<Batch>,
     events: mpsc::Sender<Value>,
     metrics: Arc<ControlMetrics>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
-        .name("sb-acd".into())
+        .name(format!("sb-acd-{}", cfg.index))
         .spawn(move || {
-            let oldest = loaded.tasks.iter().map(|t| t.enqueued_at_ms).min();
             let mut shard = Shard {
-                router: Router::new(cfg.router),
-                clock: Clock::new(cfg.epoch, oldest),
-                queues: BTreeMap::new(),
-                agents: BTreeMap::new(),
-                tasks: HashMap::new(),
-                calls: HashMap::new(),
+                cfg,
+                tenants: HashMap::new(),
                 gone: HashSet::new(),
                 gone_order: VecDeque::new(),
-                ended: HashMap::new(),
-                ended_order: VecDeque::new(),
-                end_reason: None,
-                restoring: false,
-                ops: Vec::new(),
                 store,
                 events,
                 metrics,
-                free_slots: (0..EXPORTED_QUEUES).rev().collect(),
-                by_state: [0; 4],
-                by_status: [0; 3],
-                next_task_seq: 0,
-                next_queue_ord: 0,
-                next_agent_ord: 0,
-                event_seq: 0,
             };
-            shard.restore(loaded);
+            for (name, l) in loaded {
+                let mut t = shard.new_tenant(Arc::from(name.as_str()), &l);
+                t.restore(l);
+                shard.tenants.insert(t.name.clone(), t);
+            }
             shard.run(&rx);
         })
+}
+
+impl Shard {
+    fn new_tenant(&self, name: Arc<str>, loaded: &Loaded) -> Tenant {
+        let oldest = loaded.tasks.iter().map(|t| t.enqueued_at_ms).min();
+        let slots = self.cfg.metric_slots && &*name == super::ops::DEFAULT_TENANT;
+        Tenant {
+            name,
+            router: Router::new(self.cfg.router.clone()),
+            clock: Clock::new(self.cfg.epoch, oldest),
+            queues: BTreeMap::new(),
+            agents: BTreeMap::new(),
+            tasks: HashMap::new(),
+            accept_legs: HashMap::new(),
+            calls: HashMap::new(),
+            ended: HashMap::new(),
+            ended_order: VecDeque::new(),
+            end_reason: None,
+            restoring: false,
+            ops: Vec::new(),
+            store: self.store.clone(),
+            events: self.events.clone(),
+            metrics: self.metrics.clone(),
+            free_slots: if slots {
+                (0..EXPORTED_QUEUES).rev().collect()
+            } else {
+                Vec::new()
+            },
+            by_state: [0; 4],
+            by_status: [0; 3],
+            next_task_seq: 0,
+            next_queue_ord: 0,
+            next_agent_ord: 0,
+            event_seq: 0,
+        }
+    }
+
+    fn run(&mut self, rx: &Receiver<Envelope>) {
+        let mut next_publish = Instant::now();
+        loop {
+            let started = Instant::now();
+            let publish = started >= next_publish;
+            let mut wait = Duration::from_millis(PUBLISH_EVERY_MS);
+            let elapsed = ms(started.saturating_duration_since(self.cfg.epoch));
+            for t in self.tenants.values_mut() {
+                let now = t.clock.at_elapsed(elapsed);
+                if publish {
+                    // Fresh figures need the router at `now`.
+                    t.router.handle_timeout(now);
+                    t.after_input(None);
+                    t.publish_metrics();
+                } else if t.router.poll_timeout().is_some_and(|d| d <= now) {
+                    t.router.handle_timeout(now);
+                    t.after_input(None);
+                }
+                if let Some(d) = t.router.poll_timeout() {
+                    wait = wait.min(Duration::from_millis(d.millis_since(now)));
+                }
+            }
+            if publish {
+                self.publish_totals();
+                next_publish = Instant::now() + Duration::from_millis(PUBLISH_EVERY_MS);
+            }
+            // Deadlines were measured at `started`; the time the timers took counts.
+            let wait = wait
+                .saturating_sub(started.elapsed())
+                .min(next_publish.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(wait) {
+                Ok(env) => {
+                    if !self.serve(env) {
+                        break;
+                    }
+                    for _ in 0..MAX_DRAIN {
+                        match rx.try_recv() {
+                            Ok(env) => {
+                                if !self.serve(env) {
+                                    self.flush();
+                                    return;
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        for t in self.tenants.values_mut() {
+            t.after_input(None);
+        }
+    }
+
+    fn publish_totals(&self) {
+        let mut mine = [0u64; 9];
+        for t in self.tenants.values() {
+            let add = |c: &mut u64, v: u64| *c = c.saturating_add(v);
+            add(&mut mine[0], t.queues.len() as u64);
+            add(&mut mine[1], t.router.task_count() as u64);
+            for (i, v) in t.by_state.iter().chain(&t.by_status).enumerate() {
+                add(&mut mine[2 + i], *v);
+            }
+        }
+        self.cfg
+            .totals
+            .publish(self.cfg.index, mine, &self.metrics.acd);
+    }
+
+    /// Serves one request; false to stop.
+    fn serve(&mut self, env: Envelope) -> bool {
+        let Envelope {
+            tenant,
+            request,
+            reply,
+        } = env;
+        match request {
+            Request::Shutdown => return false,
+            Request::CallGone(call) => {
+                for t in self.tenants.values_mut() {
+                    let now = t.clock.now();
+                    t.call_gone(now, &call);
+                    t.after_input(None);
+                }
+                self.remember_gone(call);
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(Value::Null));
+                }
+                return true;
+            }
+            Request::TaskEnqueue(ref def) => {
+                if let Some(call) = def.call.as_deref().filter(|c| self.gone.contains(*c)) {
+                    let e = not_found(format!("call `{call}` has ended"));
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(e));
+                    }
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        if let Some(t) = self.tenants.get_mut(&tenant) {
+            let now = t.clock.now();
+            let result = t.apply(now, request);
+            t.after_input(reply.map(|r| (r, result)));
+            return true;
+        }
+        // A tenant this shard does not hold: answered by an empty one, kept only when the
+        // request created something in it.
+        let creates = matches!(request, Request::QueueCreate(_) | Request::AgentCreate(_));
+        if creates && self.tenants.len() >= MAX_TENANTS {
+            if let Some(r) = reply {
+                let _ = r.send(Err(OpError::new(
+                    ErrorCode::LimitExceeded,
+                    format!("this ACD shard already holds {MAX_TENANTS} tenants"),
+                )));
+            }
+            return true;
+        }
+        let mut t = self.new_tenant(tenant, &Loaded::default());
+        let now = t.clock.now();
+        let result = t.apply(now, request);
+        t.after_input(reply.map(|r| (r, result)));
+        if !t.is_empty() {
+            info!(tenant = %t.name, shard = self.cfg.index, "ACD tenant created");
+            self.tenants.insert(t.name.clone(), t);
+        }
+        true
+    }
+
+    fn remember_gone(&mut self, call: String) {
+        if self.gone.insert(call.clone()) {
+            self.gone_order.push_back(call);
+            while self.gone_order.len() > MAX_GONE_CALLS {
+                if let Some(old) = self.gone_order.pop_front() {
+                    self.gone.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 fn code_of(e: &RouterError) -> ErrorCode {
@@ -337,65 +539,14 @@ fn rescind_reason(r: RescindReason) -> &'static str {
     }
 }
 
-impl Shard {
+impl Tenant {
     // ------------------------------------------------------------------------------------
-    // Loop, replies and store
+    // Replies and store
     // ------------------------------------------------------------------------------------
 
-    fn run(&mut self, rx: &Receiver<Envelope>) {
-        let mut next_publish = Timestamp::ZERO;
-        loop {
-            let now = self.clock.now();
-            if now >= next_publish {
-                // Fresh figures need the router at `now`.
-                self.router.handle_timeout(now);
-                self.after_input(None);
-                self.publish_metrics();
-                next_publish = now.saturating_add_ms(PUBLISH_EVERY_MS);
-            } else if self.router.poll_timeout().is_some_and(|t| t <= now) {
-                self.router.handle_timeout(now);
-                self.after_input(None);
-            }
-            let wake = self
-                .router
-                .poll_timeout()
-                .unwrap_or(Timestamp::END)
-                .min(next_publish);
-            let wait = Duration::from_millis(wake.millis_since(self.clock.now()));
-            match rx.recv_timeout(wait) {
-                Ok(env) => {
-                    if !self.serve(env) {
-                        break;
-                    }
-                    for _ in 0..MAX_DRAIN {
-                        match rx.try_recv() {
-                            Ok(env) => {
-                                if !self.serve(env) {
-                                    self.after_input(None);
-                                    return;
-                                }
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        self.after_input(None);
-    }
-
-    /// Serves one request; false to stop.
-    fn serve(&mut self, env: Envelope) -> bool {
-        let Envelope { request, reply } = env;
-        if matches!(request, Request::Shutdown) {
-            return false;
-        }
-        let now = self.clock.now();
-        let result = self.apply(now, request);
-        self.after_input(reply.map(|r| (r, result)));
-        true
+    /// Whether the tenant holds nothing worth keeping.
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty() && self.agents.is_empty() && self.tasks.is_empty()
     }
 
     /// Drains the router's events, then hands the writes they caused (and the reply, which
@@ -409,6 +560,7 @@ impl Shard {
             return;
         }
         let batch = Batch {
+            tenant: self.name.clone(),
             ops: std::mem::take(&mut self.ops),
             reply,
         };
@@ -432,6 +584,7 @@ impl Shard {
 
     fn publish(&mut self, at: Timestamp, mut ev: Value) {
         if let Value::Object(m) = &mut ev {
+            m.insert("tenant".into(), Value::String(self.name.to_string()));
             m.insert("seq".into(), self.event_seq.into());
             m.insert("at".into(), self.clock.wall(at).into());
         }
@@ -442,6 +595,7 @@ impl Shard {
         }
     }
 
+    /// Publishes the figures of the queues holding a metrics slot (tenant `default`).
     fn publish_metrics(&mut self) {
         let m = &self.metrics.acd;
         for (id, q) in &self.queues {
@@ -449,12 +603,6 @@ impl Shard {
                 m.set_queue(slot, &s);
             }
         }
-        m.set_totals(
-            self.queues.len(),
-            self.router.task_count(),
-            &self.by_state,
-            &self.by_status,
-        );
     }
 
     // ------------------------------------------------------------------------------------
@@ -590,12 +738,16 @@ impl Shard {
                     Err(not_found(format!("no task {}", id.0)))
                 }
             }
-            Request::OfferAccept { task, agent } => {
+            Request::OfferAccept { task, agent, leg } => {
                 self.check_live(task)?;
-                self.router
-                    .handle_accept(now, task, agent)
-                    .map_err(|e| router_error(&e))?;
+                if let Some(leg) = leg {
+                    self.accept_legs.insert(task, leg);
+                }
+                let accepted = self.router.handle_accept(now, task, agent);
                 self.drain_events();
+                // Used by the task.assigned event drained above, or not at all.
+                self.accept_legs.remove(&task);
+                accepted.map_err(|e| router_error(&e))?;
                 Ok(self.task_json(task))
             }
             Request::OfferReject { task, agent } => {
@@ -607,7 +759,7 @@ impl Shard {
                 Ok(self.task_json(task))
             }
             Request::CallGone(call) => {
-                self.call_gone(now, call);
+                self.call_gone(now, &call);
                 Ok(Value::Null)
             }
             Request::Forecast(_) | Request::Shutdown => Err(bad("not an ACD shard request")),
@@ -856,11 +1008,6 @@ impl Shard {
         let priority = def
             .priority
             .saturating_add(self.tag_points(queue, &def.tags)?);
-        if let Some(call) = &def.call {
-            if self.gone.contains(call) {
-                return Err(not_found(format!("call `{call}` has ended")));
-            }
-        }
         let required = match &def.skills {
             Some(text) => Some(self.router.parse_expr(text).map_err(|e| {
                 OpError::new(code_of(&e), format!("`skills`: {}", full_message(&e)))
@@ -982,22 +1129,14 @@ impl Shard {
         Ok(self.task_json(id))
     }
 
-    fn call_gone(&mut self, now: Timestamp, call: String) {
-        if let Some(tasks) = self.calls.get(&call).cloned() {
+    fn call_gone(&mut self, now: Timestamp, call: &str) {
+        if let Some(tasks) = self.calls.get(call).cloned() {
             for t in tasks {
                 self.end_reason = Some((t, "hangup"));
                 let _ = self.router.handle_cancel(now, t);
                 self.drain_events();
             }
             self.end_reason = None;
-        }
-        if self.gone.insert(call.clone()) {
-            self.gone_order.push_back(call);
-            while self.gone_order.len() > MAX_GONE_CALLS {
-                if let Some(old) = self.gone_order.pop_front() {
-                    self.gone.remove(&old);
-                }
-            }
         }
     }
 
@@ -1130,9 +1269,22 @@ impl Shard {
                     id: task.0,
                     agent: agent.0,
                 });
-                json!({"event": "task.assigned", "task": task.0, "agent": agent.0,
+                let mut v = json!({"event": "task.assigned", "task": task.0, "agent": agent.0,
                     "queue": queue.0, "channel": channel, "waited_ms": waited_ms,
-                    "call": call, "leg": leg, "context": context})
+                    "call": call, "leg": leg, "context": context});
+                let accepted_leg = self.accept_legs.remove(&task);
+                if self.tasks.get(&task).is_some_and(|m| m.spec.bridge) {
+                    let agent_leg = accepted_leg.or_else(|| {
+                        let def = &self.agents.get(&agent)?.def;
+                        Some((def.call.clone()?, def.leg.clone()?))
+                    });
+                    v["bridge"] = true.into();
+                    if let Some((c, l)) = agent_leg {
+                        v["agent_call"] = c.into();
+                        v["agent_leg"] = l.into();
+                    }
+                }
+                v
             }
             Event::TaskOverflowed { task, from, to } => {
                 if let Some(m) = self.tasks.get_mut(&task) {
@@ -1332,6 +1484,7 @@ impl Shard {
         self.metrics.acd.count_restored(restored, ended);
         if restored + ended > 0 || !self.queues.is_empty() {
             info!(
+                tenant = %self.name,
                 queues = self.queues.len(),
                 agents = self.agents.len(),
                 restored,

@@ -11,19 +11,27 @@
 //! ## Schema
 //!
 //! ```sql
-//! acd_meta   (key TEXT PRIMARY KEY, value TEXT)            -- schema_version = 1
-//! acd_queues (id INTEGER PRIMARY KEY, ord INTEGER, def TEXT) -- def: the queue's JSON definition
-//! acd_agents (id INTEGER PRIMARY KEY, ord INTEGER, def TEXT, status TEXT)
-//! acd_tasks  (id INTEGER PRIMARY KEY, seq INTEGER, queue INTEGER, channel TEXT,
+//! acd_meta   (key TEXT PRIMARY KEY, value TEXT)            -- schema_version = 2
+//! acd_queues (tenant TEXT, id INTEGER, ord INTEGER, def TEXT,  -- def: the queue's JSON
+//!             PRIMARY KEY (tenant, id))
+//! acd_agents (tenant TEXT, id INTEGER, ord INTEGER, def TEXT, status TEXT,
+//!             PRIMARY KEY (tenant, id))
+//! acd_tasks  (tenant TEXT, id INTEGER, seq INTEGER, queue INTEGER, channel TEXT,
 //!             enqueued_at_ms INTEGER,                      -- wall clock, ms since 1970
 //!             priority INTEGER, agitation REAL, spec TEXT, context TEXT,
-//!             agent INTEGER)                               -- the agent holding it, if assigned
+//!             agent INTEGER,                               -- the agent holding it, if assigned
+//!             PRIMARY KEY (tenant, id))
 //! ```
+//!
+//! Every row belongs to a tenant; the same id may exist in two tenants. A database of
+//! schema version 1 (no tenants) is migrated on open, in one transaction: its rows move to
+//! tenant `default`.
 //!
 //! Ids are the protocol's 64-bit unsigned ids stored in SQLite's signed 64-bit integers
 //! (same bits). Every live task is a row (voice tasks too, so that a restart can end them
 //! with a reason); a task's row goes when the task ends.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,7 +46,7 @@ use crate::control::native::OpError;
 use crate::metrics::ControlMetrics;
 
 /// The schema this code reads and writes.
-const SCHEMA_VERSION: &str = "1";
+const SCHEMA_VERSION: &str = "2";
 
 /// A commit slower than this is logged (the replies waiting for it are late).
 const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(250);
@@ -143,13 +151,15 @@ pub enum StoreOp {
     },
 }
 
-/// Writes of one request (or one timer turn), and the reply that waits for their commit.
+/// Writes of one request (or one timer turn) of one tenant, and the reply that waits for
+/// their commit.
 pub(crate) struct Batch {
+    pub(crate) tenant: Arc<str>,
     pub(crate) ops: Vec<StoreOp>,
     pub(crate) reply: Option<(Reply, Result<Value, OpError>)>,
 }
 
-/// Everything read back at start-up.
+/// Everything read back at start-up for one tenant.
 #[derive(Debug, Default)]
 pub struct Loaded {
     /// `(id, ord, def)`, by `ord`.
@@ -183,27 +193,59 @@ fn from_sql(v: i64) -> u64 {
     u64::from_ne_bytes(v.to_ne_bytes())
 }
 
-/// Opens (or creates) the database at `path` and reads back the persisted state.
+/// The tables of schema version 2.
+const TABLES: &str = "
+    CREATE TABLE IF NOT EXISTS acd_queues (
+        tenant TEXT NOT NULL DEFAULT 'default', id INTEGER NOT NULL, ord INTEGER NOT NULL,
+        def TEXT NOT NULL, PRIMARY KEY (tenant, id));
+    CREATE TABLE IF NOT EXISTS acd_agents (
+        tenant TEXT NOT NULL DEFAULT 'default', id INTEGER NOT NULL, ord INTEGER NOT NULL,
+        def TEXT NOT NULL, status TEXT NOT NULL, PRIMARY KEY (tenant, id));
+    CREATE TABLE IF NOT EXISTS acd_tasks (
+        tenant TEXT NOT NULL DEFAULT 'default', id INTEGER NOT NULL, seq INTEGER NOT NULL,
+        queue INTEGER NOT NULL, channel TEXT NOT NULL, enqueued_at_ms INTEGER NOT NULL,
+        priority INTEGER NOT NULL, agitation REAL NOT NULL, spec TEXT NOT NULL,
+        context TEXT NOT NULL, agent INTEGER, PRIMARY KEY (tenant, id));";
+
+/// Moves the tables of schema version 1 (no tenant column; the id alone is the key) to
+/// version 2, their rows into tenant `default`, in one transaction.
+fn migrate_v1(conn: &mut Connection) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction()?;
+    tx.execute_batch(
+        "ALTER TABLE acd_queues RENAME TO acd_queues_v1;
+         ALTER TABLE acd_agents RENAME TO acd_agents_v1;
+         ALTER TABLE acd_tasks RENAME TO acd_tasks_v1;",
+    )?;
+    tx.execute_batch(TABLES)?;
+    tx.execute_batch(
+        "INSERT INTO acd_queues (tenant, id, ord, def)
+             SELECT 'default', id, ord, def FROM acd_queues_v1;
+         INSERT INTO acd_agents (tenant, id, ord, def, status)
+             SELECT 'default', id, ord, def, status FROM acd_agents_v1;
+         INSERT INTO acd_tasks (tenant, id, seq, queue, channel, enqueued_at_ms, priority,
+                 agitation, spec, context, agent)
+             SELECT 'default', id, seq, queue, channel, enqueued_at_ms, priority,
+                 agitation, spec, context, agent FROM acd_tasks_v1;
+         DROP TABLE acd_queues_v1;
+         DROP TABLE acd_agents_v1;
+         DROP TABLE acd_tasks_v1;
+         UPDATE acd_meta SET value = '2' WHERE key = 'schema_version';",
+    )?;
+    tx.commit()
+}
+
+/// Opens (or creates) the database at `path` and reads back the persisted state, by tenant.
+/// A database of schema version 1 is migrated first.
 ///
 /// # Errors
 /// [`StoreError`] when the file cannot be opened, is not a database, or has another schema.
-pub fn open(path: &Path) -> Result<(Connection, Loaded), StoreError> {
-    let conn = Connection::open(path)?;
+pub fn open(path: &Path) -> Result<(Connection, BTreeMap<String, Loaded>), StoreError> {
+    let mut conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     conn.execute_batch(
         "PRAGMA synchronous = NORMAL;
-         CREATE TABLE IF NOT EXISTS acd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS acd_queues (
-             id INTEGER PRIMARY KEY, ord INTEGER NOT NULL, def TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS acd_agents (
-             id INTEGER PRIMARY KEY, ord INTEGER NOT NULL, def TEXT NOT NULL,
-             status TEXT NOT NULL);
-         CREATE TABLE IF NOT EXISTS acd_tasks (
-             id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, queue INTEGER NOT NULL,
-             channel TEXT NOT NULL, enqueued_at_ms INTEGER NOT NULL,
-             priority INTEGER NOT NULL, agitation REAL NOT NULL, spec TEXT NOT NULL,
-             context TEXT NOT NULL, agent INTEGER);",
+         CREATE TABLE IF NOT EXISTS acd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
     )?;
     let version: Option<String> = conn
         .query_row(
@@ -214,98 +256,133 @@ pub fn open(path: &Path) -> Result<(Connection, Loaded), StoreError> {
         .optional()?;
     match version {
         None => {
+            conn.execute_batch(TABLES)?;
             conn.execute(
                 "INSERT INTO acd_meta (key, value) VALUES ('schema_version', ?1)",
                 [SCHEMA_VERSION],
             )?;
         }
-        Some(v) if v == SCHEMA_VERSION => {}
+        Some(v) if v == "1" => migrate_v1(&mut conn)?,
+        Some(v) if v == SCHEMA_VERSION => conn.execute_batch(TABLES)?,
         Some(found) => return Err(StoreError::Version { found }),
     }
     let loaded = load(&conn)?;
     Ok((conn, loaded))
 }
 
-fn load(conn: &Connection) -> Result<Loaded, rusqlite::Error> {
-    let mut out = Loaded::default();
-    let mut q = conn.prepare("SELECT id, ord, def FROM acd_queues ORDER BY ord, id")?;
-    out.queues = q
-        .query_map([], |r| {
-            Ok((
-                from_sql(r.get(0)?),
+fn load(conn: &Connection) -> Result<BTreeMap<String, Loaded>, rusqlite::Error> {
+    let mut out: BTreeMap<String, Loaded> = BTreeMap::new();
+    let mut q = conn.prepare("SELECT tenant, id, ord, def FROM acd_queues ORDER BY ord, id")?;
+    let rows = q.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (
                 from_sql(r.get(1)?),
-                r.get::<_, String>(2)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut a = conn.prepare("SELECT id, ord, def, status FROM acd_agents ORDER BY ord, id")?;
-    out.agents = a
-        .query_map([], |r| {
-            Ok((
-                from_sql(r.get(0)?),
-                from_sql(r.get(1)?),
-                r.get::<_, String>(2)?,
+                from_sql(r.get(2)?),
                 r.get::<_, String>(3)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+            ),
+        ))
+    })?;
+    for row in rows {
+        let (tenant, q) = row?;
+        out.entry(tenant).or_default().queues.push(q);
+    }
+    let mut a =
+        conn.prepare("SELECT tenant, id, ord, def, status FROM acd_agents ORDER BY ord, id")?;
+    let rows = a.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            (
+                from_sql(r.get(1)?),
+                from_sql(r.get(2)?),
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ),
+        ))
+    })?;
+    for row in rows {
+        let (tenant, a) = row?;
+        out.entry(tenant).or_default().agents.push(a);
+    }
     let mut t = conn.prepare(
-        "SELECT id, seq, queue, channel, enqueued_at_ms, priority, agitation, spec, context, agent
+        "SELECT tenant, id, seq, queue, channel, enqueued_at_ms, priority, agitation, spec,
+                context, agent
          FROM acd_tasks ORDER BY enqueued_at_ms, seq",
     )?;
-    out.tasks = t
-        .query_map([], |r| {
-            Ok(TaskRow {
-                id: from_sql(r.get(0)?),
-                seq: from_sql(r.get(1)?),
-                queue: from_sql(r.get(2)?),
-                channel: r.get(3)?,
-                enqueued_at_ms: from_sql(r.get(4)?),
-                priority: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                agitation: r.get(6)?,
-                spec: r.get(7)?,
-                context: r.get(8)?,
-                agent: r.get::<_, Option<i64>>(9)?.map(from_sql),
-            })
-        })?
-        .collect::<Result<_, _>>()?;
+    let rows = t.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            TaskRow {
+                id: from_sql(r.get(1)?),
+                seq: from_sql(r.get(2)?),
+                queue: from_sql(r.get(3)?),
+                channel: r.get(4)?,
+                enqueued_at_ms: from_sql(r.get(5)?),
+                priority: u32::try_from(r.get::<_, i64>(6)?).unwrap_or(0),
+                agitation: r.get(7)?,
+                spec: r.get(8)?,
+                context: r.get(9)?,
+                agent: r.get::<_, Option<i64>>(10)?.map(from_sql),
+            },
+        ))
+    })?;
+    for row in rows {
+        let (tenant, t) = row?;
+        out.entry(tenant).or_default().tasks.push(t);
+    }
+    // A name the protocol would refuse (a file edited by hand) is not restored.
+    out.retain(|tenant, _| {
+        let ok = super::ops::check_tenant(tenant).is_ok();
+        if !ok {
+            warn!(
+                tenant = tenant.chars().take(80).collect::<String>(),
+                "ACD store: rows of an invalid tenant name are ignored"
+            );
+        }
+        ok
+    });
     Ok(out)
 }
 
-fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> Result<(), rusqlite::Error> {
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    tenant: &str,
+    op: &StoreOp,
+) -> Result<(), rusqlite::Error> {
     match op {
         StoreOp::PutQueue { id, ord, def } => {
             tx.prepare_cached(
-                "INSERT INTO acd_queues (id, ord, def) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(id) DO UPDATE SET def = excluded.def",
+                "INSERT INTO acd_queues (tenant, id, ord, def) VALUES (?4, ?1, ?2, ?3)
+                 ON CONFLICT(tenant, id) DO UPDATE SET def = excluded.def",
             )?
-            .execute(params![to_sql(*id), to_sql(*ord), def])?;
+            .execute(params![to_sql(*id), to_sql(*ord), def, tenant])?;
         }
         StoreOp::DeleteQueue { id } => {
-            tx.prepare_cached("DELETE FROM acd_queues WHERE id = ?1")?
-                .execute([to_sql(*id)])?;
+            tx.prepare_cached("DELETE FROM acd_queues WHERE tenant = ?2 AND id = ?1")?
+                .execute(params![to_sql(*id), tenant])?;
         }
         StoreOp::PutAgent { id, ord, def } => {
             tx.prepare_cached(
-                "INSERT INTO acd_agents (id, ord, def, status)
-                 VALUES (?1, ?2, ?3, '{\"status\":\"offline\"}')
-                 ON CONFLICT(id) DO UPDATE SET def = excluded.def",
+                "INSERT INTO acd_agents (tenant, id, ord, def, status)
+                 VALUES (?4, ?1, ?2, ?3, '{\"status\":\"offline\"}')
+                 ON CONFLICT(tenant, id) DO UPDATE SET def = excluded.def",
             )?
-            .execute(params![to_sql(*id), to_sql(*ord), def])?;
+            .execute(params![to_sql(*id), to_sql(*ord), def, tenant])?;
         }
         StoreOp::DeleteAgent { id } => {
-            tx.prepare_cached("DELETE FROM acd_agents WHERE id = ?1")?
-                .execute([to_sql(*id)])?;
+            tx.prepare_cached("DELETE FROM acd_agents WHERE tenant = ?2 AND id = ?1")?
+                .execute(params![to_sql(*id), tenant])?;
         }
         StoreOp::SetAgentStatus { id, status } => {
-            tx.prepare_cached("UPDATE acd_agents SET status = ?2 WHERE id = ?1")?
-                .execute(params![to_sql(*id), status])?;
+            tx.prepare_cached("UPDATE acd_agents SET status = ?2 WHERE tenant = ?3 AND id = ?1")?
+                .execute(params![to_sql(*id), status, tenant])?;
         }
         StoreOp::PutTask(t) => {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO acd_tasks
-                 (id, seq, queue, channel, enqueued_at_ms, priority, agitation, spec, context, agent)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 (tenant, id, seq, queue, channel, enqueued_at_ms, priority, agitation, spec,
+                  context, agent)
+                 VALUES (?11, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 to_sql(t.id),
@@ -318,6 +395,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> Result<(), rusqlite::E
                 t.spec,
                 t.context,
                 t.agent.map(to_sql),
+                tenant,
             ])?;
         }
         StoreOp::UpdateTask {
@@ -327,21 +405,28 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &StoreOp) -> Result<(), rusqlite::E
             spec,
         } => {
             tx.prepare_cached(
-                "UPDATE acd_tasks SET priority = ?2, agitation = ?3, spec = ?4 WHERE id = ?1",
+                "UPDATE acd_tasks SET priority = ?2, agitation = ?3, spec = ?4
+                 WHERE tenant = ?5 AND id = ?1",
             )?
-            .execute(params![to_sql(*id), i64::from(*priority), agitation, spec])?;
+            .execute(params![
+                to_sql(*id),
+                i64::from(*priority),
+                agitation,
+                spec,
+                tenant
+            ])?;
         }
         StoreOp::MoveTask { id, queue } => {
-            tx.prepare_cached("UPDATE acd_tasks SET queue = ?2 WHERE id = ?1")?
-                .execute(params![to_sql(*id), to_sql(*queue)])?;
+            tx.prepare_cached("UPDATE acd_tasks SET queue = ?2 WHERE tenant = ?3 AND id = ?1")?
+                .execute(params![to_sql(*id), to_sql(*queue), tenant])?;
         }
         StoreOp::SetTaskAgent { id, agent } => {
-            tx.prepare_cached("UPDATE acd_tasks SET agent = ?2 WHERE id = ?1")?
-                .execute(params![to_sql(*id), to_sql(*agent)])?;
+            tx.prepare_cached("UPDATE acd_tasks SET agent = ?2 WHERE tenant = ?3 AND id = ?1")?
+                .execute(params![to_sql(*id), to_sql(*agent), tenant])?;
         }
         StoreOp::DeleteTask { id } => {
-            tx.prepare_cached("DELETE FROM acd_tasks WHERE id = ?1")?
-                .execute([to_sql(*id)])?;
+            tx.prepare_cached("DELETE FROM acd_tasks WHERE tenant = ?2 AND id = ?1")?
+                .execute(params![to_sql(*id), tenant])?;
         }
     }
     Ok(())
@@ -353,7 +438,7 @@ fn commit(conn: &mut Connection, batches: &[Batch]) -> Result<usize, rusqlite::E
     let mut n = 0;
     for b in batches {
         for op in &b.ops {
-            apply(&tx, op)?;
+            apply(&tx, &b.tenant, op)?;
             n += 1;
         }
     }
@@ -361,8 +446,8 @@ fn commit(conn: &mut Connection, batches: &[Batch]) -> Result<usize, rusqlite::E
     Ok(n)
 }
 
-/// Starts the store thread: it commits batches from `rx` until the channel closes (after the
-/// shard stops), then closes the database.
+/// Starts the store thread: it commits batches from `rx` until the channel closes (after
+/// every shard stops), then closes the database.
 ///
 /// # Errors
 /// When the thread cannot be spawned.
@@ -435,7 +520,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("acd.sqlite");
         let (mut conn, loaded) = open(&path).unwrap();
-        assert!(loaded.tasks.is_empty());
+        assert!(loaded.is_empty());
         let ops = vec![
             StoreOp::PutQueue {
                 id: 1,
@@ -467,15 +552,37 @@ mod tests {
         ];
         let n = commit(
             &mut conn,
-            &[Batch {
-                ops: ops.clone(),
-                reply: None,
-            }],
+            &[
+                Batch {
+                    tenant: Arc::from("default"),
+                    ops: ops.clone(),
+                    reply: None,
+                },
+                // The same ids in another tenant are other rows.
+                Batch {
+                    tenant: Arc::from("other"),
+                    ops: vec![
+                        StoreOp::PutQueue {
+                            id: 1,
+                            ord: 0,
+                            def: "{\"queue\":1,\"name\":\"o\"}".into(),
+                        },
+                        StoreOp::PutTask(row(7, 0, 3_000)),
+                    ],
+                    reply: None,
+                },
+            ],
         )
         .unwrap();
-        assert_eq!(n, ops.len());
+        assert_eq!(n, ops.len() + 2);
         drop(conn);
-        let (_conn, loaded) = open(&path).unwrap();
+        let (_conn, mut all) = open(&path).unwrap();
+        assert_eq!(all.len(), 2);
+        let other = all.remove("other").unwrap();
+        assert_eq!(other.queues[0].2, "{\"queue\":1,\"name\":\"o\"}");
+        assert_eq!(other.tasks.len(), 1);
+        assert_eq!(other.tasks[0].priority, 3);
+        let loaded = all.remove("default").unwrap();
         assert_eq!(loaded.queues, vec![(1, 0, "{\"queue\":1}".to_owned())]);
         assert_eq!(loaded.agents.len(), 1);
         assert_eq!(loaded.agents[0].0, u64::MAX);
@@ -485,6 +592,56 @@ mod tests {
         assert_eq!(loaded.tasks[0].priority, 10);
         assert_eq!(loaded.tasks[1].queue, 2);
         assert_eq!(loaded.tasks[2].agent, Some(4));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn migrates_version_1_into_tenant_default() {
+        let dir = std::env::temp_dir().join(format!("sb-acd-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("acd.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE acd_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO acd_meta VALUES ('schema_version', '1');
+                 CREATE TABLE acd_queues (
+                     id INTEGER PRIMARY KEY, ord INTEGER NOT NULL, def TEXT NOT NULL);
+                 CREATE TABLE acd_agents (
+                     id INTEGER PRIMARY KEY, ord INTEGER NOT NULL, def TEXT NOT NULL,
+                     status TEXT NOT NULL);
+                 CREATE TABLE acd_tasks (
+                     id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, queue INTEGER NOT NULL,
+                     channel TEXT NOT NULL, enqueued_at_ms INTEGER NOT NULL,
+                     priority INTEGER NOT NULL, agitation REAL NOT NULL, spec TEXT NOT NULL,
+                     context TEXT NOT NULL, agent INTEGER);
+                 INSERT INTO acd_queues VALUES (3, 0, '{\"queue\":3}');
+                 INSERT INTO acd_agents VALUES (-1, 0, '{}', '{\"status\":\"away\"}');
+                 INSERT INTO acd_tasks VALUES (5, 0, 3, 'chat', 1000, 2, 0.5, '{}', '', 9);",
+            )
+            .unwrap();
+        }
+        let (mut conn, mut all) = open(&path).unwrap();
+        assert_eq!(all.keys().collect::<Vec<_>>(), vec!["default"]);
+        let d = all.remove("default").unwrap();
+        assert_eq!(d.queues, vec![(3, 0, "{\"queue\":3}".to_owned())]);
+        assert_eq!(d.agents[0].0, u64::MAX);
+        assert_eq!(d.tasks[0].agent, Some(9));
+        // Migrated tables take writes of any tenant.
+        commit(
+            &mut conn,
+            &[Batch {
+                tenant: Arc::from("t2"),
+                ops: vec![StoreOp::PutTask(row(5, 0, 1_000))],
+                reply: None,
+            }],
+        )
+        .unwrap();
+        drop(conn);
+        let (_conn, all) = open(&path).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all["t2"].tasks[0].id, 5);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
