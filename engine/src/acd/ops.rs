@@ -683,11 +683,7 @@ fn id_of(op: &str, map: &Map<String, Value>, key: &str, allowed: &[&str]) -> Res
 }
 
 /// Removes an optional name field (a call-id or a leg name) from `map`, checked.
-fn take_name(
-    op: &str,
-    map: &mut Map<String, Value>,
-    key: &str,
-) -> Result<Option<String>, OpError> {
+fn take_name(op: &str, map: &mut Map<String, Value>, key: &str) -> Result<Option<String>, OpError> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if !s.is_empty() => {
@@ -1053,12 +1049,16 @@ mod tests {
             json!({"op": "offer.accept", "task": 1, "agent": 2, "call": 5, "leg": "l"}),
             json!({"op": "agent.create", "agent": 1, "call": "c"}),
         ] {
-            assert_eq!(req(c.clone()).unwrap_err().code, ErrorCode::BadRequest, "{c}");
+            assert_eq!(
+                req(c.clone()).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{c}"
+            );
         }
-        let Request::OfferAccept { leg, .. } = req(
-            json!({"op": "offer.accept", "task": 1, "agent": 2, "call": "a", "leg": "phone"}),
-        )
-        .unwrap() else {
+        let Request::OfferAccept { leg, .. } =
+            req(json!({"op": "offer.accept", "task": 1, "agent": 2, "call": "a", "leg": "phone"}))
+                .unwrap()
+        else {
             panic!("not an accept")
         };
         assert_eq!(leg, Some(("a".to_owned(), "phone".to_owned())));
