@@ -3,9 +3,10 @@
 
 SHELL := /bin/bash
 CARGO ?= cargo
-# System packages: build needs (libopus), and the real peers the tests talk to.
+# System packages: build needs (libopus), the real peers the tests talk to, and Chromium
+# (the dashboard's browser test drives it headless).
 PACKAGES := pkg-config libopus-dev ffmpeg sox espeak-ng rtpengine-daemon rtpengine-utils \
-            kamailio sip-tester curl
+            kamailio sip-tester curl chromium
 RUN_ARGS ?=
 
 .PHONY: all deps build run test fmt-check clippy unit doc bench-build bench clean
@@ -51,11 +52,12 @@ doc:
 bench-build:
 	$(CARGO) test --benches --locked -p switchboard-perf
 
-# Benchmarks (not part of `make test`): criterion micro-benchmarks, then the relay against
-# rtpengine side by side. Figures go into docs/performance.md by hand, with these commands.
+# Benchmarks (not part of `make test`, about 20 minutes): Switchboard (io_uring and epoll) and
+# rtpengine side by side on loopback, every switchboard-load scenario with capacity ramps, the
+# machine probe and the criterion micro-benchmarks; rewrites the generated block of
+# docs/performance.md and the charts in docs/perf/. `QUICK=1 make bench` is a smoke run.
 bench: deps
-	$(CARGO) bench --locked -p switchboard-perf -- --warm-up-time 1 --measurement-time 3
-	perf/scripts/relay-compare.sh 100 1000
+	perf/scripts/bench-all.sh
 
 clean:
 	$(CARGO) clean

@@ -5,6 +5,7 @@
 //! them into [`Target`]s; the harness only ever talks to loopback addresses.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -19,12 +20,19 @@ pub struct TargetArgs {
     /// PID of the target, to measure its CPU time from /proc.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Native control address (TCP JSON lines) of the target, for scenarios driven over
+    /// Switchboard's own protocol (`conference`, `barge`); loopback only.
+    #[arg(long)]
+    pub control: Option<SocketAddr>,
     /// Run the scenario against two targets in alternation (A B A B …) and compare them.
-    #[arg(long, requires = "ng_b")]
+    #[arg(long)]
     pub compare: bool,
     /// NG control address of target B (with --compare).
     #[arg(long, requires = "compare")]
     pub ng_b: Option<SocketAddr>,
+    /// Native control address of target B (with --compare).
+    #[arg(long, requires = "compare")]
+    pub control_b: Option<SocketAddr>,
     /// PID of target B (with --compare).
     #[arg(long, requires = "compare")]
     pub pid_b: Option<u32>,
@@ -34,10 +42,20 @@ pub struct TargetArgs {
     /// Local address the harness sends from and receives on; loopback only.
     #[arg(long, default_value = "127.0.0.1")]
     pub local_ip: IpAddr,
+    /// A name for target A in tables and charts (such as `rtpengine`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A name for target B (with --compare).
+    #[arg(long, requires = "compare")]
+    pub name_b: Option<String>,
+    /// Speech to send: a 16-bit PCM WAV file (any rate, resampled to 8 kHz). Without it the
+    /// harness synthesises speech with espeak-ng at set-up.
+    #[arg(long)]
+    pub media: Option<PathBuf>,
 }
 
 /// How results and progress are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Args)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Args)]
 pub struct OutputArgs {
     /// Print the report as one JSON object instead of a table.
     #[arg(long, global = true)]
@@ -45,6 +63,9 @@ pub struct OutputArgs {
     /// No progress lines on stderr.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Also draw the report's charts as SVG files into this directory.
+    #[arg(long, global = true)]
+    pub svg: Option<PathBuf>,
 }
 
 /// Options of how a run reports progress.
@@ -74,6 +95,10 @@ pub struct Target {
     pub ng: SocketAddr,
     /// PID whose CPU time is measured.
     pub pid: Option<u32>,
+    /// Native control address.
+    pub control: Option<SocketAddr>,
+    /// Name in tables and charts.
+    pub name: Option<String>,
     /// Ask the relay to record every call (NG `record call: yes` on the offer).
     pub record: bool,
 }
@@ -90,23 +115,30 @@ impl TargetArgs {
             label: "A",
             ng: self.ng,
             pid: self.pid,
+            control: self.control,
+            name: self.name.clone(),
             record: false,
         }];
         if self.compare {
-            let Some(ng_b) = self.ng_b else {
-                bail!("--compare needs --ng-b");
-            };
+            if self.ng_b.is_none() && self.control_b.is_none() {
+                bail!("--compare needs --ng-b or --control-b");
+            }
             targets.push(Target {
                 label: "B",
-                ng: ng_b,
+                ng: self.ng_b.unwrap_or(self.ng),
                 pid: self.pid_b,
+                control: self.control_b,
+                name: self.name_b.clone(),
                 record: false,
             });
-        } else if self.ng_b.is_some() || self.pid_b.is_some() {
-            bail!("--ng-b and --pid-b need --compare");
+        } else if self.ng_b.is_some() || self.pid_b.is_some() || self.control_b.is_some() {
+            bail!("--ng-b, --control-b and --pid-b need --compare");
         }
         for t in &targets {
             require_loopback("the NG address", t.ng.ip())?;
+            if let Some(control) = t.control {
+                require_loopback("the control address", control.ip())?;
+            }
             if t.ng.is_ipv4() != self.local_ip.is_ipv4() {
                 bail!(
                     "the NG address {} and --local-ip {} are of different families",
@@ -195,7 +227,24 @@ mod tests {
 
     #[test]
     fn compare_options_go_together() {
-        assert!(parse(&["--compare"]).is_err());
+        assert!(parse(&["--compare"]).unwrap().targets().is_err());
+        let native = parse(&[
+            "--compare",
+            "--control",
+            "127.0.0.1:7",
+            "--control-b",
+            "127.0.0.1:8",
+        ])
+        .unwrap()
+        .targets()
+        .unwrap();
+        assert_eq!(native[1].control, Some("127.0.0.1:8".parse().unwrap()));
+        assert!(
+            parse(&["--control", "10.0.0.1:7"])
+                .unwrap()
+                .targets()
+                .is_err()
+        );
         assert!(parse(&["--ng-b", "127.0.0.1:2"]).is_err());
         assert!(parse(&["--pid-b", "2"]).is_err());
     }

@@ -8,9 +8,17 @@
 //!
 //! Modules:
 //! - [`acd`]: the ACD scenario — the router in virtual time against Erlang C/A.
-//! - [`relay`]: the relay scenario — N calls set up with `offer`/`answer`, both directions
-//!   streamed, then `delete`.
+//! - [`relay`]: the relay and record scenarios — N calls set up with `offer`/`answer`, both
+//!   directions streamed, then `delete`.
+//! - [`mix`]: transcode (NG), conference and barge (native protocol): media the target
+//!   re-encodes or mixes.
+//! - [`probe`]: the kernel's own cost per packet: a minimal recvmmsg/sendmmsg reflector.
+//! - [`ramp`]: `--ramp`, load raised step by step to find the capacity.
+//! - [`media`]: real speech (`--media` WAV or espeak-ng) pre-encoded per codec.
+//! - [`chart`]: `--svg DIR` charts drawn with plotters.
+//! - [`doc`]: the generated section of `docs/performance.md` from a `make bench` run.
 //! - [`ng`]: a blocking NG client (JSON over UDP, retransmission on timeout).
+//! - [`native`]: a blocking client of Switchboard's native control protocol.
 //! - [`sdp`], [`rtp`], [`seq`]: the SDP the harness offers and reads back, the packets and their
 //!   probe, per-stream sequence accounting (RFC 3550 §A.1, §A.3).
 //! - [`procfs`]: CPU time of the target, the harness and the machine.
@@ -18,9 +26,16 @@
 #![warn(missing_docs)]
 
 pub mod acd;
+pub mod chart;
 pub mod cli;
+pub mod doc;
+pub mod media;
+pub mod mix;
+pub mod native;
 pub mod ng;
+pub mod probe;
 pub mod procfs;
+pub mod ramp;
 pub mod relay;
 pub mod report;
 pub mod rtp;

@@ -6,11 +6,15 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use switchboard_bench::acd::{self, AcdArgs};
 use switchboard_bench::cli::{OutputArgs, Progress};
+use switchboard_bench::doc::{self, DocArgs};
+use switchboard_bench::mix::{self, BargeArgs, ConferenceArgs, TranscodeArgs};
+use switchboard_bench::probe::{self, ProbeArgs};
 use switchboard_bench::relay::{self, RelayArgs};
 use switchboard_bench::report::Report;
-use switchboard_bench::{Interrupted, sys};
+use switchboard_bench::{Interrupted, chart, sys};
 
-/// Drives an NG-speaking media relay on loopback and measures loss, latency and CPU per packet.
+/// Drives a media engine on loopback (NG or Switchboard's native protocol) and measures loss,
+/// latency, jitter and CPU per packet; `--compare` runs two targets in alternation.
 #[derive(Debug, Parser)]
 #[command(name = "switchboard-load", version)]
 struct Cli {
@@ -24,30 +28,41 @@ struct Cli {
 enum Scenario {
     /// Two-party G.711 calls relayed packet for packet, both directions.
     Relay(RelayArgs),
+    /// Two-party calls the target transcodes (NG `codec: {mask, transcode}`), both directions.
+    Transcode(TranscodeArgs),
+    /// Conferences over the native protocol: N members, K speaking, every member hears the mix.
+    Conference(ConferenceArgs),
+    /// Customer and agent in a call and a supervisor barging in (native `monitor.start`).
+    Barge(BargeArgs),
     /// The relay scenario against one target without and then with every call recorded
     /// (A: plain, B: recorded), in alternation.
     Record(RelayArgs),
     /// The ACD router in virtual time, against Erlang C (and Erlang A with patience).
     Acd(AcdArgs),
+    /// The limits of this machine: CPU per packet of a minimal recvmmsg/sendmmsg reflector.
+    Probe(ProbeArgs),
+    /// Rewrites the generated block of docs/performance.md from a `make bench` run's reports.
+    Doc(DocArgs),
 }
 
-/// What a scenario hands back: the common report, or (for `acd`) its own text with the
-/// report around its figures.
+/// What a scenario hands back: the common report, or (for `acd` and `probe`) its own text
+/// with the report around its figures.
 struct Outcome {
     report: Report,
     text: Option<String>,
 }
 
+fn plain(report: Report) -> Outcome {
+    Outcome { report, text: None }
+}
+
 fn run(scenario: &Scenario, progress: Progress) -> anyhow::Result<Outcome> {
     match scenario {
-        Scenario::Relay(args) => Ok(Outcome {
-            report: relay::run(args, progress)?,
-            text: None,
-        }),
-        Scenario::Record(args) => Ok(Outcome {
-            report: relay::run_record(args, progress)?,
-            text: None,
-        }),
+        Scenario::Relay(args) => Ok(plain(relay::run(args, progress)?)),
+        Scenario::Transcode(args) => Ok(plain(mix::run_transcode(args, progress)?)),
+        Scenario::Conference(args) => Ok(plain(mix::run_conference(args, progress)?)),
+        Scenario::Barge(args) => Ok(plain(mix::run_barge(args, progress)?)),
+        Scenario::Record(args) => Ok(plain(relay::run_record(args, progress)?)),
         Scenario::Acd(args) => {
             let result = acd::run(args.clone())?;
             let settings = serde_json::json!({
@@ -66,6 +81,32 @@ fn run(scenario: &Scenario, progress: Progress) -> anyhow::Result<Outcome> {
                 text: Some(format!("{result}\n")),
             })
         }
+        Scenario::Doc(args) => {
+            let path = doc::run(args)?;
+            let report = Report::new("doc", serde_json::json!({"doc": path}));
+            Ok(Outcome {
+                report,
+                text: Some(format!(
+                    "rewrote the generated block of {}\n",
+                    path.display()
+                )),
+            })
+        }
+        Scenario::Probe(args) => {
+            let result = probe::run(args)?;
+            let settings = serde_json::json!({
+                "rate": args.rate,
+                "duration_s": args.duration,
+                "batches": args.batches,
+                "packet_size": args.packet_size,
+            });
+            let mut report = Report::new("probe", settings);
+            report.result = Some(serde_json::to_value(&result)?);
+            Ok(Outcome {
+                report,
+                text: Some(format!("{result}\n")),
+            })
+        }
     }
 }
 
@@ -78,6 +119,19 @@ fn main() -> ExitCode {
     let progress = Progress::from(&cli.output);
     match run(&cli.scenario, progress) {
         Ok(outcome) => {
+            if let Some(dir) = &cli.output.svg {
+                match chart::write_charts(&outcome.report, dir) {
+                    Ok(files) => {
+                        for f in files {
+                            eprintln!("switchboard-load: wrote {}", f.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("switchboard-load: charts: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             if cli.output.json {
                 println!("{}", outcome.report.to_json());
             } else {

@@ -197,6 +197,23 @@ impl NgClient {
         reply_sdp("offer", reply)
     }
 
+    /// `offer` with extra option keys (such as `codec`) merged into the request.
+    pub fn offer_opts(&mut self, ids: &CallIds, sdp: &str, options: &Value) -> Result<String> {
+        let mut req = json!({
+            "command": "offer",
+            "call-id": ids.call_id,
+            "from-tag": ids.from_tag,
+            "sdp": sdp,
+        });
+        if let (Some(req), Some(opts)) = (req.as_object_mut(), options.as_object()) {
+            for (k, v) in opts {
+                req.insert(k.clone(), v.clone());
+            }
+        }
+        let reply = self.request(&req)?;
+        reply_sdp("offer", reply)
+    }
+
     /// `answer` from the callee with `sdp`; returns the SDP the relay rewrote for the caller.
     pub fn answer(&mut self, ids: &CallIds, sdp: &str) -> Result<String> {
         let reply = self.request(&json!({

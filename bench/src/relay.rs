@@ -39,12 +39,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::Interrupted;
 use crate::cli::{Progress, Target, TargetArgs};
+use crate::media::{Source, Speech};
 use crate::ng::{CallIds, NgClient, NgConfig};
 use crate::procfs::{CpuSample, CpuWindow};
+use crate::ramp::{self, RampArgs};
 use crate::report::{Figures, Measurement, PacketCounts, Report, RunReport, TargetReport};
 use crate::rtp::{self, Audio, PCMU_CLOCK_RATE, PROBE_LEN, Probe, RTP_HEADER_LEN, RtpHeader};
 use crate::sdp;
-use crate::seq::{Arrival, StreamRx};
+use crate::seq::{Arrival, Jitter, StreamRx};
 use crate::sys::{self, Poller, RawAddr, RecvBatch, SendBatch};
 
 /// Datagrams per `sendmmsg`/`recvmmsg` call.
@@ -108,6 +110,9 @@ pub struct RelayArgs {
     /// (a relay then handles more packets per wake-up and looks cheaper) and the harness cheaper.
     #[arg(long, default_value_t = 100)]
     pub tick_us: u64,
+    /// Capacity ramp.
+    #[command(flatten)]
+    pub ramp: RampArgs,
 }
 
 /// Validated settings of a relay run, as reported.
@@ -135,6 +140,8 @@ pub struct RelaySettings {
     pub local_ip: IpAddr,
     /// Runs per target.
     pub rounds: u32,
+    /// Where the speech comes from.
+    pub media: Source,
 }
 
 /// Everything a relay run needs, validated.
@@ -152,6 +159,8 @@ pub struct RelayConfig {
     pub ramp_up_ns: u64,
     /// NG timing.
     pub ng: NgConfig,
+    /// The speech sent, µ-law (the probe takes the first bytes of every payload).
+    pub audio: Audio,
 }
 
 impl RelayConfig {
@@ -187,6 +196,10 @@ impl RelayConfig {
             );
         }
         let period_ns = 1_000_000_000 / u64::from(args.rate);
+        if args.ramp.ramp {
+            args.ramp.steps(MAX_CALLS)?;
+        }
+        let speech = Speech::load(args.target.media.as_deref())?;
         Ok(Self {
             settings: RelaySettings {
                 calls: args.calls,
@@ -200,12 +213,14 @@ impl RelayConfig {
                 tick_us: args.tick_us,
                 local_ip: args.target.local_ip,
                 rounds: args.target.rounds(),
+                media: speech.source.clone(),
             },
             targets,
             period_ns,
             duration_ns: (args.duration * 1e9) as u64,
             ramp_up_ns: (args.ramp_up * 1e9) as u64,
             ng: NgConfig::default(),
+            audio: Audio::from_ulaw(&speech.ulaw()),
         })
     }
 
@@ -218,7 +233,73 @@ impl RelayConfig {
 /// Runs the scenario: every round against every target, in alternation, and reports.
 pub fn run(args: &RelayArgs, progress: Progress) -> Result<Report> {
     let config = RelayConfig::from_args(args)?;
+    if args.ramp.ramp {
+        return run_ramp("relay", &config, &args.ramp, progress);
+    }
     run_config("relay", &config, progress)
+}
+
+/// `--ramp`: the scenario at growing call counts until a threshold is passed.
+fn run_ramp(
+    scenario: &str,
+    config: &RelayConfig,
+    ramp_args: &RampArgs,
+    progress: Progress,
+) -> Result<Report> {
+    let mut settings = serde_json::to_value(&config.settings)?;
+    settings["ramp"] = serde_json::json!({
+        "start": ramp_args.ramp_start,
+        "step": ramp_args.ramp_step,
+        "max": ramp_args.ramp_max,
+        "max_loss": ramp_args.max_loss,
+        "max_p99_ms": ramp_args.max_p99_ms,
+    });
+    let mut report = Report::new(scenario, settings);
+    let mut first = true;
+    let outcome = ramp::run(
+        ramp_args,
+        MAX_CALLS,
+        &config.targets,
+        true,
+        |calls, target| {
+            if !first {
+                sleep_interruptible(Duration::from_secs(1))?;
+            }
+            first = false;
+            let mut step = config.clone();
+            step.settings.calls = calls;
+            step.settings.threads = step.settings.threads.min(calls as usize);
+            let m = run_once(&step, target, 1, progress)?;
+            report.runs.push(RunReport {
+                label: target.label.to_string(),
+                round: calls,
+                figures: Figures::from_measurement(&m),
+            });
+            Ok(m)
+        },
+    )?;
+    for (target, best) in config.targets.iter().zip(&outcome.best) {
+        let Some(m) = best else { continue };
+        report.targets.push(TargetReport {
+            label: target.label.to_string(),
+            name: target.name.clone(),
+            address: target.ng.to_string(),
+            pid: target.pid,
+            runs: 1,
+            figures: Figures::from_measurement(m),
+            latency_distribution: crate::report::distribution(&m.latency_us),
+        });
+    }
+    report.ramp = outcome.steps;
+    report.capacity = outcome.capacity;
+    report.compare_targets();
+    report.notes = notes(&report, &config.settings.media);
+    report.notes.push(
+        "ramp: each target's figures are those of its highest step within the thresholds; \
+         `runs` lists every step (round = calls)"
+            .into(),
+    );
+    Ok(report)
 }
 
 /// `switchboard-load record`: the relay scenario against one target twice in alternation,
@@ -232,14 +313,25 @@ pub fn run_record(args: &RelayArgs, progress: Progress) -> Result<Report> {
     let Some(plain) = config.targets.first().cloned() else {
         bail!("no target");
     };
+    let named = |what: &str| match &plain.name {
+        Some(n) => format!("{n}, {what}"),
+        None => what.to_string(),
+    };
     config.targets = vec![
-        plain.clone(),
+        Target {
+            name: Some(named("not recorded")),
+            ..plain.clone()
+        },
         Target {
             label: "B",
             record: true,
-            ..plain
+            name: Some(named("recorded")),
+            ..plain.clone()
         },
     ];
+    if args.ramp.ramp {
+        return run_ramp("record", &config, &args.ramp, progress);
+    }
     run_config("record", &config, progress)
 }
 
@@ -269,19 +361,33 @@ fn run_config(scenario: &str, config: &RelayConfig, progress: Progress) -> Resul
         let Some(total) = total else { continue };
         report.targets.push(TargetReport {
             label: target.label.to_string(),
+            name: target.name.clone(),
             address: target.ng.to_string(),
             pid: target.pid,
             runs: config.settings.rounds,
             figures: Figures::from_measurement(&total),
+            latency_distribution: crate::report::distribution(&total.latency_us),
         });
     }
     report.compare_targets();
-    report.notes = notes(&report);
+    report.notes = notes(&report, &config.settings.media);
     Ok(report)
 }
 
-fn notes(report: &Report) -> Vec<String> {
+/// The note that says where the speech came from.
+pub fn media_note(media: &Source) -> String {
+    match media {
+        Source::File(path) => format!("payload: speech from {}", path.display()),
+        Source::Espeak => "payload: speech synthesised with espeak-ng at set-up".into(),
+        Source::Synthetic => "payload: the built-in speech-like signal (no --media file and \
+                              no espeak-ng on this machine)"
+            .into(),
+    }
+}
+
+fn notes(report: &Report, media: &Source) -> Vec<String> {
     let mut notes = vec![
+        media_note(media),
         "latency = kernel arrival time at the harness's socket (SO_TIMESTAMPNS) minus the send \
          time carried in the payload, both on CLOCK_MONOTONIC"
             .to_string(),
@@ -339,18 +445,18 @@ struct TxStream {
 
 /// Absolute times of one run.
 #[derive(Debug, Clone, Copy)]
-struct Timeline {
-    t0: u64,
-    window_start: u64,
-    window_end: u64,
-    drain_end: u64,
+pub(crate) struct Timeline {
+    pub(crate) t0: u64,
+    pub(crate) window_start: u64,
+    pub(crate) window_end: u64,
+    pub(crate) drain_end: u64,
 }
 
 /// Counters a worker publishes for progress lines.
 #[derive(Debug, Default)]
-struct Live {
-    sent: AtomicU64,
-    received: AtomicU64,
+pub(crate) struct Live {
+    pub(crate) sent: AtomicU64,
+    pub(crate) received: AtomicU64,
 }
 
 /// What a worker hands back.
@@ -361,6 +467,8 @@ struct WorkerOutcome {
     window_sent: u64,
     latency_us: Histogram<u64>,
     send_lag_us: Histogram<u64>,
+    jitter_us_sum: f64,
+    jitter_streams: u64,
 }
 
 /// A media thread: its calls' streams, their sockets, batches and counters.
@@ -376,6 +484,7 @@ struct Worker {
     sockets: Vec<UdpSocket>,
     tx: Vec<TxStream>,
     rx: Vec<StreamRx>,
+    jitter: Vec<Jitter>,
     audio: Audio,
     send: [SendBatch; 2],
     recv: RecvBatch,
@@ -422,10 +531,11 @@ impl Worker {
             payload_size: s.payload_size,
             time,
             rx: vec![StreamRx::new(); tx.len()],
+            jitter: vec![Jitter::default(); tx.len()],
             tx,
             socket_drops: vec![0; sockets.len()],
             sockets,
-            audio: Audio::new(),
+            audio: config.audio.clone(),
             send: [
                 SendBatch::new(BATCH, max_len),
                 SendBatch::new(BATCH, max_len),
@@ -618,6 +728,9 @@ impl Worker {
         };
         self.packets.received += 1;
         let arrival = rx.on_packet(packet.header.sequence);
+        if !matches!(arrival, Arrival::Duplicate(_)) {
+            self.jitter[local].on_packet(arrived, packet.probe.sent_ns);
+        }
         if arrived >= self.time.window_start && arrived < self.time.window_end {
             self.window_received += 1;
             if !matches!(arrival, Arrival::Duplicate(_)) {
@@ -640,18 +753,21 @@ impl Worker {
             packets.lost += lost;
             packets.streams_with_loss += u64::from(lost > 0);
         }
+        let jitters: Vec<f64> = self.jitter.iter().filter_map(Jitter::us).collect();
         Ok(WorkerOutcome {
             packets,
             window_received: self.window_received,
             window_sent: self.window_sent,
             latency_us: self.latency_us,
             send_lag_us: self.send_lag_us,
+            jitter_us_sum: jitters.iter().sum(),
+            jitter_streams: jitters.len() as u64,
         })
     }
 }
 
 /// Offset of stream `id` of `streams` in the period: phases spread evenly.
-fn phase_ns(id: u32, period_ns: u64, streams: u64) -> u64 {
+pub(crate) fn phase_ns(id: u32, period_ns: u64, streams: u64) -> u64 {
     u64::from(id) * period_ns / streams.max(1)
 }
 
@@ -673,7 +789,7 @@ fn media_socket(ip: IpAddr, mode: SocketMode) -> Result<UdpSocket> {
 }
 
 /// Sleeps for `duration`, returning early with [`Interrupted`] on SIGINT/SIGTERM.
-fn sleep_interruptible(duration: Duration) -> Result<()> {
+pub(crate) fn sleep_interruptible(duration: Duration) -> Result<()> {
     let end = Instant::now() + duration;
     loop {
         if sys::is_interrupted() {
@@ -856,6 +972,8 @@ fn run_once(
                 m.window_sent += out.window_sent;
                 let _ = m.latency_us.add(&out.latency_us);
                 let _ = m.send_lag_us.add(&out.send_lag_us);
+                m.jitter_us_sum += out.jitter_us_sum;
+                m.jitter_streams += out.jitter_streams;
             }
             Ok(Err(e)) => worker_error = Some(e),
             Err(_) => worker_error = Some(anyhow!("a media thread panicked")),
@@ -946,7 +1064,7 @@ fn set_up_calls(
 }
 
 /// Waits for the window, samples CPU at both of its edges and prints progress meanwhile.
-fn watch_window(
+pub(crate) fn watch_window(
     time: Timeline,
     pid: Option<u32>,
     label: &str,

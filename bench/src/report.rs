@@ -46,6 +46,9 @@ pub struct PacketCounts {
     /// Packets the harness's own sockets dropped on a full receive buffer (part of `lost`:
     /// the harness, not the target, lost them).
     pub harness_drops: u64,
+    /// Packets a transcoder took in before its first output of a stream (priming its codec);
+    /// not in `lost`.
+    pub swallowed_at_start: u64,
 }
 
 impl PacketCounts {
@@ -61,6 +64,7 @@ impl PacketCounts {
         self.send_failed += other.send_failed;
         self.streams_with_loss += other.streams_with_loss;
         self.harness_drops += other.harness_drops;
+        self.swallowed_at_start += other.swallowed_at_start;
     }
 }
 
@@ -114,6 +118,15 @@ pub struct Measurement {
     pub control: ControlFigures,
     /// How late the harness sent packets against their schedule, microseconds.
     pub send_lag_us: Histogram<u64>,
+    /// Sum over received streams of their final RFC 3550 jitter, microseconds.
+    pub jitter_us_sum: f64,
+    /// Streams in `jitter_us_sum`.
+    pub jitter_streams: u64,
+    /// Participants whose frames a mixer produced (conference members, barge parties); 0 for
+    /// relayed calls.
+    pub mix_members: u64,
+    /// Frames per second the mixer sends each participant.
+    pub mix_rate: u32,
 }
 
 impl Measurement {
@@ -129,6 +142,10 @@ impl Measurement {
             cpu: None,
             control: ControlFigures::default(),
             send_lag_us: latency_histogram(),
+            jitter_us_sum: 0.0,
+            jitter_streams: 0,
+            mix_members: 0,
+            mix_rate: 50,
         }
     }
 
@@ -151,6 +168,8 @@ impl Measurement {
         };
         self.control.add(&other.control);
         let _ = self.send_lag_us.add(&other.send_lag_us);
+        self.jitter_us_sum += other.jitter_us_sum;
+        self.jitter_streams += other.jitter_streams;
     }
 }
 
@@ -255,6 +274,13 @@ pub struct Figures {
     pub udp_receive_buffer_drops: Option<u64>,
     /// Set-up and tear-down.
     pub control: ControlFigures,
+    /// Mean RFC 3550 interarrival jitter of the received streams, microseconds.
+    pub jitter_us: Option<f64>,
+    /// Participants a mixer served (0 for relayed calls).
+    pub mix_members: u64,
+    /// The target's CPU microseconds per mixed participant-frame: CPU / (participants ×
+    /// frames per second × window), for mixing scenarios.
+    pub target_cpu_us_per_mixed_frame: Option<f64>,
 }
 
 impl Figures {
@@ -267,10 +293,20 @@ impl Figures {
             streams: m.streams,
             window_seconds,
             packets: m.packets,
-            loss_ratio: if m.packets.sent > 0 {
-                m.packets.lost as f64 / m.packets.sent as f64
-            } else {
-                0.0
+            loss_ratio: {
+                // A mixer's output is not the harness's input: loss counts against the
+                // frames the parties should have received.
+                let base = if m.mix_members > 0 {
+                    m.packets.received - m.packets.duplicates.min(m.packets.received)
+                        + m.packets.lost
+                } else {
+                    m.packets.sent
+                };
+                if base > 0 {
+                    m.packets.lost as f64 / base as f64
+                } else {
+                    0.0
+                }
             },
             forwarded_in_window: m.window_received,
             forwarded_per_second: if window_seconds > 0.0 {
@@ -293,8 +329,63 @@ impl Figures {
             }),
             udp_receive_buffer_drops: m.cpu.and_then(|c| c.udp_drops),
             control: m.control,
+            mix_members: m.mix_members,
+            jitter_us: (m.jitter_streams > 0).then(|| m.jitter_us_sum / m.jitter_streams as f64),
+            target_cpu_us_per_mixed_frame: m.cpu.and_then(|c| {
+                let frames = m.mix_members as f64 * f64::from(m.mix_rate) * window_seconds;
+                let t = c.target_ns?;
+                (frames > 0.0).then(|| t as f64 / 1e3 / frames)
+            }),
         }
     }
+}
+
+/// Quantiles of the latency distribution drawn in charts.
+pub const DISTRIBUTION_QUANTILES: [f64; 14] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0,
+];
+
+/// `(quantile, microseconds)` points of `hist` (empty when it is).
+pub fn distribution(hist: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if hist.is_empty() {
+        return Vec::new();
+    }
+    DISTRIBUTION_QUANTILES
+        .iter()
+        .map(|&q| (q, hist.value_at_quantile(q)))
+        .collect()
+}
+
+/// One step of a `--ramp` run against one target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RampStep {
+    /// The target's label.
+    pub label: String,
+    /// Load of the step: calls (or conferences).
+    pub calls: u32,
+    /// `lost / sent`.
+    pub loss_ratio: f64,
+    /// 99th percentile added latency, microseconds (0 where not measured).
+    pub p99_us: u64,
+    /// The target's CPU per forwarded packet, microseconds.
+    pub target_cpu_us_per_packet: Option<f64>,
+    /// The target's CPU per mixed participant-frame, microseconds.
+    pub target_cpu_us_per_mixed_frame: Option<f64>,
+    /// The target's CPU, cores.
+    pub target_cpu_cores: Option<f64>,
+    /// Whether the step stayed within the thresholds.
+    pub passed: bool,
+}
+
+/// The capacity a `--ramp` run found for one target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Capacity {
+    /// The target's label.
+    pub label: String,
+    /// Highest load that stayed within the thresholds (`None`: not even the first step).
+    pub calls: Option<u32>,
+    /// Why the ramp stopped.
+    pub stopped: String,
 }
 
 /// One target of a report.
@@ -302,6 +393,9 @@ impl Figures {
 pub struct TargetReport {
     /// `A`, or `B` with `--compare`.
     pub label: String,
+    /// The name given with `--name` / `--name-b`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The target's control address.
     pub address: String,
     /// The target's PID, when given.
@@ -310,6 +404,8 @@ pub struct TargetReport {
     pub runs: u32,
     /// Figures of all runs against this target together.
     pub figures: Figures,
+    /// `(quantile, microseconds)` of the added latency, for charts.
+    pub latency_distribution: Vec<(f64, u64)>,
 }
 
 /// One run of a report.
@@ -356,6 +452,12 @@ pub struct Report {
     /// Figures of a scenario that measures no media target (such as `acd`), in its own shape.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// Steps of a `--ramp` run, in the order they ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ramp: Vec<RampStep>,
+    /// Capacity per target found by `--ramp`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<Capacity>,
     /// Anything the reader should know about how the figures were obtained.
     pub notes: Vec<String>,
 }
@@ -369,6 +471,13 @@ struct Row {
 
 fn row(name: &'static str, text: String, value: Option<f64>) -> Row {
     Row { name, text, value }
+}
+
+fn opt_row(name: &'static str, v: Option<f64>, decimals: usize) -> Row {
+    match v {
+        Some(v) => row(name, format!("{v:.decimals$}"), Some(v)),
+        None => row(name, "-".into(), None),
+    }
 }
 
 fn count_row(name: &'static str, n: u64) -> Row {
@@ -409,6 +518,7 @@ fn rows(f: &Figures) -> Vec<Row> {
         count_row("latency p99 (µs)", l.p99),
         count_row("latency p99.9 (µs)", l.p99_9),
         count_row("latency max (µs)", l.max),
+        opt_row("jitter (µs)", f.jitter_us, 1),
     ];
     let cpu_rows = |rows: &mut Vec<Row>, who: [&'static str; 3], cpu: Option<CpuFigures>| {
         let Some(c) = cpu else {
@@ -440,6 +550,13 @@ fn rows(f: &Figures) -> Vec<Row> {
         ],
         f.harness_cpu,
     );
+    if f.mix_members > 0 {
+        rows.push(opt_row(
+            "target CPU µs/mixed frame",
+            f.target_cpu_us_per_mixed_frame,
+            2,
+        ));
+    }
     rows.push(count_row(
         "harness send lag p99 (µs)",
         f.harness_send_lag_us.p99,
@@ -498,6 +615,8 @@ impl Report {
             runs: Vec::new(),
             comparison: Vec::new(),
             result: None,
+            ramp: Vec::new(),
+            capacity: Vec::new(),
             notes: Vec::new(),
         }
     }
@@ -546,9 +665,15 @@ impl Report {
         let headers: Vec<String> = self
             .targets
             .iter()
-            .map(|t| match t.pid {
-                Some(pid) => format!("{} {} pid {pid}", t.label, t.address),
-                None => format!("{} {}", t.label, t.address),
+            .map(|t| {
+                let who = match &t.name {
+                    Some(name) => format!("{} {name}", t.label),
+                    None => format!("{} {}", t.label, t.address),
+                };
+                match t.pid {
+                    Some(pid) => format!("{who} pid {pid}"),
+                    None => who,
+                }
             })
             .collect();
         let name_width = first
@@ -597,6 +722,41 @@ impl Report {
                     out,
                     "  {} round {}: lost {} p50 {} µs p99 {} µs target {} µs/pkt",
                     run.label, run.round, f.packets.lost, f.latency_us.p50, f.latency_us.p99, cpu
+                );
+            }
+        }
+        if !self.ramp.is_empty() {
+            let _ = writeln!(out, "ramp:");
+            let _ = writeln!(
+                out,
+                "  {:<6} {:>7} {:>9} {:>10} {:>10} {:>8}  ",
+                "target", "calls", "loss %", "p99 µs", "µs/pkt", "cores"
+            );
+            for s in &self.ramp {
+                let per = s
+                    .target_cpu_us_per_mixed_frame
+                    .or(s.target_cpu_us_per_packet)
+                    .map_or("-".into(), |v| format!("{v:.2}"));
+                let cores = s.target_cpu_cores.map_or("-".into(), |v| format!("{v:.2}"));
+                let _ = writeln!(
+                    out,
+                    "  {:<6} {:>7} {:>9.4} {:>10} {:>10} {:>8}  {}",
+                    s.label,
+                    s.calls,
+                    s.loss_ratio * 100.0,
+                    s.p99_us,
+                    per,
+                    cores,
+                    if s.passed { "ok" } else { "over threshold" }
+                );
+            }
+            for c in &self.capacity {
+                let _ = writeln!(
+                    out,
+                    "capacity {}: {} ({})",
+                    c.label,
+                    c.calls.map_or("none".into(), |n| n.to_string()),
+                    c.stopped
                 );
             }
         }
@@ -684,10 +844,12 @@ mod tests {
         for (label, figures) in [("A", fa), ("B", fb)] {
             report.targets.push(TargetReport {
                 label: label.into(),
+                name: None,
                 address: "127.0.0.1:2223".into(),
                 pid: Some(1),
                 runs: 1,
                 figures,
+                latency_distribution: Vec::new(),
             });
         }
         report.compare_targets();

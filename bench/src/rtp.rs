@@ -86,6 +86,36 @@ pub fn write_packet(
     Some(len)
 }
 
+/// Reads the fixed RTP header of any version-2 packet (payloads the target re-encoded carry
+/// no probe); `None` for anything else.
+pub fn parse_header(packet: &[u8]) -> Option<RtpHeader> {
+    if packet.len() < RTP_HEADER_LEN || packet[0] >> 6 != 2 {
+        return None;
+    }
+    Some(RtpHeader {
+        payload_type: packet[1] & 0x7f,
+        sequence: u16::from_be_bytes([packet[2], packet[3]]),
+        timestamp: u32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]),
+        ssrc: u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]),
+    })
+}
+
+/// Writes a packet with `header` and an opaque `payload` into `buf`; returns its length, or
+/// `None` when `buf` is too small.
+pub fn write_plain(buf: &mut [u8], header: &RtpHeader, payload: &[u8]) -> Option<usize> {
+    let len = RTP_HEADER_LEN + payload.len();
+    if buf.len() < len {
+        return None;
+    }
+    buf[0] = 0x80;
+    buf[1] = header.payload_type & 0x7f;
+    buf[2..4].copy_from_slice(&header.sequence.to_be_bytes());
+    buf[4..8].copy_from_slice(&header.timestamp.to_be_bytes());
+    buf[8..12].copy_from_slice(&header.ssrc.to_be_bytes());
+    buf[RTP_HEADER_LEN..len].copy_from_slice(payload);
+    Some(len)
+}
+
 /// Reads a packet the harness sent; `None` for anything else (not RTP version 2, too short, or
 /// no probe magic).
 pub fn parse_packet(packet: &[u8]) -> Option<Received> {
@@ -154,11 +184,13 @@ pub const MAX_AUDIO_SLICE: usize = 1_500;
 
 /// One second of speech-like G.711 µ-law audio at 8 kHz, generated deterministically: a
 /// 140 Hz voice with its first harmonics, shaped by a syllable-rate envelope with pauses.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audio {
     /// The second of audio followed by its first [`MAX_AUDIO_SLICE`] samples again, so that a
     /// slice starting anywhere in the second is contiguous.
     samples: Vec<u8>,
+    /// Length of the loop.
+    len: usize,
 }
 
 impl Default for Audio {
@@ -187,19 +219,38 @@ impl Audio {
             })
             .collect();
         samples.extend_from_within(..MAX_AUDIO_SLICE);
-        Self { samples }
+        Self {
+            samples,
+            len: PCMU_CLOCK_RATE as usize,
+        }
+    }
+
+    /// Audio from µ-law samples (real speech, see [`crate::media`]), looped.
+    pub fn from_ulaw(ulaw: &[u8]) -> Self {
+        if ulaw.is_empty() {
+            return Self::new();
+        }
+        let mut samples = ulaw.to_vec();
+        while samples.len() < ulaw.len() + MAX_AUDIO_SLICE {
+            let need = ulaw.len() + MAX_AUDIO_SLICE - samples.len();
+            samples.extend_from_slice(&ulaw[..need.min(ulaw.len())]);
+        }
+        Self {
+            samples,
+            len: ulaw.len(),
+        }
     }
 
     /// `len` samples (at most [`MAX_AUDIO_SLICE`]) starting at sample `offset`, wrapping around
-    /// the end of the second.
+    /// the end of the loop.
     pub fn at(&self, offset: usize, len: usize) -> &[u8] {
-        let start = offset % self.second().len();
+        let start = offset % self.len;
         &self.samples[start..start + len.min(MAX_AUDIO_SLICE)]
     }
 
-    /// The second of audio.
+    /// The whole loop of audio (one second for the built-in signal).
     pub fn second(&self) -> &[u8] {
-        &self.samples[..PCMU_CLOCK_RATE as usize]
+        &self.samples[..self.len]
     }
 }
 

@@ -25,6 +25,69 @@ pub fn audio_sdp(addr: IpAddr, port: u16, session_id: u64, ptime_ms: u32) -> Str
     )
 }
 
+/// An audio SDP offering one codec at payload type `pt` (`rtpmap` such as `opus/48000/2`).
+pub fn codec_sdp(
+    addr: IpAddr,
+    port: u16,
+    session_id: u64,
+    ptime_ms: u32,
+    pt: u8,
+    rtpmap: &str,
+) -> String {
+    let family = if addr.is_ipv4() { "IP4" } else { "IP6" };
+    format!(
+        "v=0\r\n\
+         o=switchboard-load {session_id} 1 IN {family} {addr}\r\n\
+         s=switchboard-load\r\n\
+         c=IN {family} {addr}\r\n\
+         t=0 0\r\n\
+         m=audio {port} RTP/AVP {pt}\r\n\
+         a=rtpmap:{pt} {rtpmap}\r\n\
+         a=ptime:{ptime_ms}\r\n\
+         a=sendrecv\r\n"
+    )
+}
+
+/// The payload type the first audio section of `sdp` uses for the codec named `name`
+/// (case-insensitive, as in `a=rtpmap:PT NAME/...`), or its static type (0 PCMU, 8 PCMA)
+/// when listed on the `m=` line without an `rtpmap`.
+pub fn payload_type_for(sdp: &str, name: &str) -> Option<u8> {
+    let mut formats: Vec<u8> = Vec::new();
+    let mut in_audio = false;
+    let mut seen_audio = false;
+    for line in sdp.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(media) = line.strip_prefix("m=") {
+            if seen_audio {
+                break;
+            }
+            let mut fields = media.split_ascii_whitespace();
+            in_audio = fields.next() == Some("audio");
+            if in_audio {
+                seen_audio = true;
+                formats = fields.skip(2).filter_map(|f| f.parse().ok()).collect();
+            }
+        } else if in_audio {
+            if let Some(map) = line.strip_prefix("a=rtpmap:") {
+                let mut it = map.splitn(2, ' ');
+                let pt = it.next().and_then(|p| p.parse::<u8>().ok());
+                let codec = it.next().and_then(|c| c.split('/').next());
+                if let (Some(pt), Some(codec)) = (pt, codec) {
+                    if codec.eq_ignore_ascii_case(name) {
+                        return Some(pt);
+                    }
+                }
+            }
+        }
+    }
+    let fixed = match name.to_ascii_uppercase().as_str() {
+        "PCMU" => 0,
+        "PCMA" => 8,
+        _ => return None,
+    };
+    formats.contains(&fixed).then_some(fixed)
+}
+
 /// The address the first active `m=audio` section of `sdp` receives RTP on.
 pub fn audio_endpoint(sdp: &str) -> Result<SocketAddr> {
     let mut session_addr: Option<IpAddr> = None;
@@ -150,5 +213,16 @@ mod tests {
         assert!(audio_endpoint("m=audio x RTP/AVP 0").is_err());
         assert!(audio_endpoint("c=IN IP6 127.0.0.1\r\nm=audio 5 RTP/AVP 0").is_err());
         assert!(audio_endpoint("c=IN IP4 nowhere\r\nm=audio 5 RTP/AVP 0").is_err());
+    }
+
+    #[test]
+    fn finds_payload_types() {
+        let sdp = "v=0\r\nm=audio 5 RTP/AVP 8 96\r\na=rtpmap:96 opus/48000/2\r\n";
+        assert_eq!(payload_type_for(sdp, "opus"), Some(96));
+        assert_eq!(payload_type_for(sdp, "PCMA"), Some(8));
+        assert_eq!(payload_type_for(sdp, "PCMU"), None);
+        let own = codec_sdp("127.0.0.1".parse().unwrap(), 9, 1, 20, 97, "opus/48000/2");
+        assert_eq!(payload_type_for(&own, "OPUS"), Some(97));
+        assert_eq!(audio_endpoint(&own).unwrap().port(), 9);
     }
 }

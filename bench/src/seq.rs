@@ -124,6 +124,34 @@ fn extend(highest: u64, seq: u16) -> u64 {
     highest.wrapping_add_signed(delta)
 }
 
+/// Interarrival jitter of one stream, RFC 3550 §6.4.1 and §A.8: the smoothed mean deviation
+/// of the difference in transit time between consecutive packets, here in nanoseconds.
+///
+/// Feed each packet's arrival time and its send time (or its RTP timestamp converted to
+/// nanoseconds: only differences matter) in arrival order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Jitter {
+    last_transit: Option<i64>,
+    jitter_ns: f64,
+}
+
+impl Jitter {
+    /// Accounts one packet.
+    pub fn on_packet(&mut self, arrival_ns: u64, sent_ns: u64) {
+        let transit = arrival_ns.wrapping_sub(sent_ns) as i64;
+        if let Some(last) = self.last_transit {
+            let d = transit.wrapping_sub(last).unsigned_abs() as f64;
+            self.jitter_ns += (d - self.jitter_ns) / 16.0;
+        }
+        self.last_transit = Some(transit);
+    }
+
+    /// The current estimate, microseconds; `None` before two packets.
+    pub fn us(&self) -> Option<f64> {
+        self.last_transit.map(|_| self.jitter_ns / 1_000.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +251,21 @@ mod tests {
         assert!(matches!(rx.on_packet(999), Arrival::Duplicate(_)));
         // 1..=1000 is 1000 numbers; 1, 2, 3, 999 and 1000 arrived.
         assert_eq!(rx.lost(), 995);
+    }
+
+    #[test]
+    fn jitter_follows_rfc_3550() {
+        let mut j = Jitter::default();
+        assert_eq!(j.us(), None);
+        // Constant transit: no jitter.
+        for k in 0..10u64 {
+            j.on_packet(k * 20_000_000 + 1_000_000, k * 20_000_000);
+        }
+        assert_eq!(j.us(), Some(0.0));
+        // Transit alternating by 1 ms converges towards 1 ms.
+        for k in 10..400u64 {
+            j.on_packet(k * 20_000_000 + 1_000_000 * (k % 2), k * 20_000_000);
+        }
+        assert!((j.us().unwrap() - 1_000.0).abs() < 1.0);
     }
 }

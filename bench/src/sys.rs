@@ -647,6 +647,157 @@ impl Poller {
     }
 }
 
+/// CPU time (user + system) of the calling thread so far, nanoseconds.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec and CLOCK_THREAD_CPUTIME_ID always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Sets a receive timeout on a blocking socket, so a blocked `recvmmsg` returns now and then.
+pub fn set_receive_timeout(socket: &impl AsRawFd, timeout_ns: u64) -> io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
+        tv_usec: ((timeout_ns % 1_000_000_000) / 1_000) as libc::suseconds_t,
+    };
+    // SAFETY: the descriptor is open and `tv` is a timeval of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The minimal UDP reflector of the `probe` scenario: one blocking `recvmmsg` that waits for
+/// at least one datagram, then one `sendmmsg` that returns each datagram to its sender. With
+/// a batch of one, that is one system-call round per packet: the least a relay that wakes per
+/// packet can pay.
+pub struct Reflector {
+    stride: usize,
+    data: Vec<u8>,
+    names: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl std::fmt::Debug for Reflector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reflector")
+            .field("capacity", &self.hdrs.len())
+            .finish()
+    }
+}
+
+// SAFETY: as for `SendBatch`: the pointers refer only to the reflector's own buffers and are
+// rewritten before every system call.
+unsafe impl Send for Reflector {}
+
+impl Reflector {
+    /// A reflector handling up to `batch` datagrams of `max_len` bytes per round.
+    pub fn new(batch: usize, max_len: usize) -> Self {
+        let batch = batch.max(1);
+        // SAFETY: all-zero sockaddr_storage, iovec and mmsghdr are valid values of these plain
+        // C structs.
+        let (name, iov, hdr) = unsafe { (mem::zeroed(), mem::zeroed(), mem::zeroed()) };
+        Self {
+            stride: max_len,
+            data: vec![0; batch * max_len],
+            names: vec![name; batch],
+            iovs: vec![iov; batch],
+            hdrs: vec![hdr; batch],
+        }
+    }
+
+    fn prepare(&mut self, lens: Option<usize>) {
+        let n = lens.unwrap_or(self.hdrs.len());
+        for i in 0..n {
+            let len = match lens {
+                Some(_) => self.hdrs[i].msg_len as usize,
+                None => self.stride,
+            };
+            self.iovs[i] = libc::iovec {
+                iov_base: self.data[i * self.stride..].as_mut_ptr().cast(),
+                iov_len: len.min(self.stride),
+            };
+            let hdr = &mut self.hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+            if lens.is_none() {
+                hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            }
+            hdr.msg_iov = &mut self.iovs[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_controllen = 0;
+            hdr.msg_flags = 0;
+        }
+    }
+
+    /// One round on the blocking socket `fd`: waits for datagrams (until the socket's receive
+    /// timeout), and sends each back to where it came from. Returns the datagrams reflected
+    /// (0 on a timeout).
+    pub fn round(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.prepare(None);
+        // SAFETY: every header points at a buffer of `stride` bytes and a sockaddr_storage
+        // owned by `self` that stay in place until the call returns; the count is the number
+        // of headers.
+        let rc = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                self.hdrs.len() as libc::c_uint,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
+        };
+        if rc < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut
+                | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(err),
+            };
+        }
+        let n = rc as usize;
+        self.prepare(Some(n));
+        let mut done = 0;
+        while done < n {
+            // SAFETY: headers 0..n were filled by recvmmsg and re-pointed above at this
+            // reflector's buffers and source addresses, which outlive the call.
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (n - done) as libc::c_uint,
+                    0,
+                )
+            };
+            if rc <= 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // Drop what cannot be sent, as a relay would.
+                break;
+            }
+            done += rc as usize;
+        }
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

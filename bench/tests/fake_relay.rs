@@ -241,6 +241,11 @@ fn relay_run_reports_the_loss_and_duplicates_it_was_given() {
             pid_b: None,
             rounds: 1,
             local_ip: "127.0.0.1".parse().unwrap(),
+            control: None,
+            control_b: None,
+            name: None,
+            name_b: None,
+            media: None,
         },
         calls: 4,
         duration: 1.0,
@@ -250,6 +255,7 @@ fn relay_run_reports_the_loss_and_duplicates_it_was_given() {
         threads: 2,
         sockets: SocketMode::PerCall,
         tick_us: 500,
+        ramp: Default::default(),
     };
     let progress = Progress {
         enabled: false,
@@ -294,6 +300,11 @@ fn relay_run_refuses_non_loopback_targets_before_sending() {
             pid_b: None,
             rounds: 1,
             local_ip: "127.0.0.1".parse().unwrap(),
+            control: None,
+            control_b: None,
+            name: None,
+            name_b: None,
+            media: None,
         },
         calls: 1,
         duration: 1.0,
@@ -303,6 +314,7 @@ fn relay_run_refuses_non_loopback_targets_before_sending() {
         threads: 1,
         sockets: SocketMode::Shared,
         tick_us: 100,
+        ramp: Default::default(),
     };
     let progress = Progress {
         enabled: false,
