@@ -137,6 +137,21 @@ pub struct ConfigFile {
     /// `[acd]`
     #[serde(default)]
     pub acd: AcdSection,
+    /// `[cdr]`
+    #[serde(default)]
+    pub cdr: CdrSection,
+}
+
+/// `[cdr]` in the file: call detail records.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdrSection {
+    /// Records (database rows and JSON-lines files) older than this many days are deleted;
+    /// absent or 0 keeps everything.
+    pub retention_days: Option<u32>,
+    /// A JSON-lines file is closed and a new one started past this size, MiB (1 to 4096;
+    /// default 64).
+    pub max_file_mib: Option<u64>,
 }
 
 /// `[acd]` in the file.
@@ -274,6 +289,10 @@ pub struct Config {
     pub media: crate::media::MediaSettings,
     /// ACD router shards (at least 1).
     pub acd_shards: usize,
+    /// Call detail records kept this many days (0: forever).
+    pub cdr_retention_days: u32,
+    /// Size of a call detail record JSON-lines file before a new one starts, bytes.
+    pub cdr_max_file_bytes: u64,
 }
 
 /// Overrides from the command line, applied over the file.
@@ -581,7 +600,18 @@ impl Config {
             }
             n => n as usize,
         };
+        let cdr_max_file_bytes = match file.cdr.max_file_mib {
+            Some(0) => {
+                return Err(ConfigError::Invalid {
+                    key: "cdr.max_file_mib",
+                    message: "0 MiB is less than 1".into(),
+                });
+            }
+            v => mb("cdr.max_file_mib", v, 64, 4096)?,
+        };
         Ok(Config {
+            cdr_retention_days: file.cdr.retention_days.unwrap_or(0),
+            cdr_max_file_bytes,
             interfaces,
             port_min: port_min_even,
             port_max,
@@ -691,6 +721,13 @@ mod tests {
         assert_eq!(c.media.prompts.cache_bytes, 1024 * 1024);
         assert!(build("[media]\nconference_max_members = 0\n").is_err());
         assert!(build("[media]\nprompt_max_file_mb = 99999\n").is_err());
+        let c = build("[cdr]\nretention_days = 30\nmax_file_mib = 8\n").unwrap();
+        assert_eq!((c.cdr_retention_days, c.cdr_max_file_bytes), (30, 8 << 20));
+        let c = build("").unwrap();
+        assert_eq!((c.cdr_retention_days, c.cdr_max_file_bytes), (0, 64 << 20));
+        assert!(build("[cdr]\nmax_file_mib = 0\n").is_err());
+        assert!(build("[cdr]\nmax_file_mib = 5000\n").is_err());
+        assert!(build("[cdr]\nkeep = 1\n").is_err());
     }
 
     #[test]

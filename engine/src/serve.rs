@@ -152,7 +152,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         // Live operations: call records (their own SQLite file and thread) and the
         // dashboard's once-a-second snapshot.
         let cdr = crate::cdr::CdrService::start(
-            crate::cdr::CdrConfig::in_state_dir(&config.state_dir),
+            crate::cdr::CdrConfig {
+                retention_days: config.cdr_retention_days,
+                max_file_bytes: config.cdr_max_file_bytes,
+                ..crate::cdr::CdrConfig::in_state_dir(&config.state_dir)
+            },
             &hub,
         )
         .context("starting call records")?;

@@ -25,6 +25,12 @@
 //! ([`switchboard_proto::relay::RelayLeg::last_sent`]), a leg going back to relaying has the
 //! relay rewrite what it forwards to continue the mixer's stream
 //! ([`Relay::continue_stream`]).
+//!
+//! Media forks and conversation analytics ([`MediaOp::ForkStart`],
+//! [`MediaOp::AnalyticsStart`]) hang off a mixing call's tick ([`crate::media::taps`]): bot
+//! audio is injected before the mix, the fork frames and the analytics are made from the
+//! members' decoded input after it, and live analytics summaries go out as
+//! [`WorkerEvent::Analytics`].
 
 use std::collections::HashMap;
 use std::io;
@@ -114,6 +120,33 @@ pub enum Command {
         rtp: UdpSocket,
         /// RTCP socket.
         rtcp: UdpSocket,
+    },
+    /// Takes a leg out of its call (mixer, relay, port routes) without closing its sockets,
+    /// and answers with them, its settings, its output stream and its statistics: the leg
+    /// can then join another call, on this worker or another, with the same local ports
+    /// ([`Command::AttachLeg`]). Answers `None` for an unknown call or leg.
+    DetachLeg {
+        /// The call.
+        call: CallKey,
+        /// The leg.
+        leg: LegKey,
+        /// Where the detached leg goes.
+        reply: oneshot::Sender<Option<Box<DetachedLeg>>>,
+    },
+    /// Adds a leg detached from a call ([`Command::DetachLeg`]): its sockets are registered
+    /// again and the stream it was sent continues (same SSRC, next sequence number). When
+    /// the call is unknown or already has a leg of that name, the leg is handed back
+    /// untouched; when its sockets cannot be registered, they are closed.
+    AttachLeg {
+        /// The call.
+        call: CallKey,
+        /// The leg's name in this call.
+        leg: LegKey,
+        /// The leg.
+        detached: Box<DetachedLeg>,
+        /// Told whether it worked; on failure the leg comes back (`None`: its sockets could
+        /// not be registered and are closed).
+        reply: Option<oneshot::Sender<Result<(), Option<Box<DetachedLeg>>>>>,
     },
     /// Changes a leg's remote side (answer, re-INVITE).
     UpdateLeg {
@@ -262,12 +295,66 @@ pub enum MediaOp {
         /// The leg.
         leg: LegKey,
     },
+    /// Starts a media fork on the call's decoded audio (the call must mix); see
+    /// [`crate::media::taps`].
+    ForkStart {
+        /// The fork's id within the call.
+        id: u32,
+        /// The caller's leg.
+        caller: Option<LegKey>,
+        /// The agent's leg.
+        agent: Option<LegKey>,
+        /// Which audio goes to the service.
+        what: crate::fork::ForkWhat,
+        /// 8000 or 16000.
+        sample_rate: u32,
+        /// The leg that hears the bot audio.
+        bot_leg: Option<LegKey>,
+        /// The worker's ends of the fork's rings.
+        media: Box<crate::fork::ForkMediaSide>,
+    },
+    /// Stops a media fork.
+    ForkStop {
+        /// The fork's id.
+        id: u32,
+    },
+    /// Starts (or restarts) conversation analytics on the call's decoded audio.
+    AnalyticsStart {
+        /// Party 0.
+        caller: Option<LegKey>,
+        /// Party 1.
+        agent: Option<LegKey>,
+        /// Call time between live summaries, ms (0: none).
+        interval_ms: u32,
+    },
+    /// Stops the analytics; their final summary is reported ([`WorkerEvent::Analytics`]).
+    AnalyticsStop,
+    /// The `telephone-event` payload type a leg sends (from its SDP), so the relay can tell
+    /// its RFC 4733 events apart (DTMF blocking) while the call relays.
+    TelephoneEvent {
+        /// The leg.
+        leg: LegKey,
+        /// The payload type, if the leg negotiated telephone events.
+        pt: Option<u8>,
+    },
 }
 
 /// Something a worker reports without being asked.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum WorkerEvent {
+    /// A conversation analytics summary of a call: live (every interval of call time) or
+    /// final (`last`, when the analytics were stopped).
+    Analytics {
+        /// The call.
+        call: CallKey,
+        /// The worker.
+        worker: usize,
+        /// The figures.
+        summary: Box<switchboard_codecs::analytics::AnalyticsSummary>,
+        /// The analytics ended with this summary.
+        last: bool,
+    },
     /// No media on the call for its timeout; the worker has already removed it.
     MediaTimeout {
         /// The call.
@@ -363,6 +450,21 @@ pub struct LegMediaStats {
     pub talking: bool,
 }
 
+/// A leg taken out of its call by [`Command::DetachLeg`], ready for [`Command::AttachLeg`].
+#[derive(Debug)]
+pub struct DetachedLeg {
+    /// Its settings, with the remote addresses it had learned as the expected ones.
+    pub config: LegConfig,
+    /// Its RTP socket, still bound to the same local port.
+    pub rtp: UdpSocket,
+    /// Its RTCP socket.
+    pub rtcp: UdpSocket,
+    /// The stream last sent to it (by the relay or the mixer), so its next call continues it.
+    pub seed: Option<switchboard_proto::media::OutputSeed>,
+    /// Its statistics in the call it left.
+    pub stats: Option<LegStats>,
+}
+
 /// Statistics of one call.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CallStats {
@@ -372,6 +474,9 @@ pub struct CallStats {
     pub last_activity_us: u64,
     /// The legs.
     pub legs: Vec<LegStats>,
+    /// The conversation analytics' summary, when they ran until the call ended.
+    #[serde(skip)]
+    pub analytics: Option<switchboard_codecs::analytics::AnalyticsSummary>,
 }
 
 /// The control plane's handle on a worker.
@@ -458,6 +563,8 @@ struct CallEntry {
     tap: CallTap,
     /// The call's decoded media, while any of its legs is mixed.
     media: Option<Box<MediaCall>>,
+    /// Media forks and analytics on the decoded media.
+    taps: crate::media::taps::CallTaps,
 }
 
 impl CallEntry {
@@ -490,52 +597,55 @@ impl CallEntry {
     fn stats(&self, driver: &impl Driver) -> CallStats {
         let legs = self
             .legs()
-            .filter_map(|l| {
-                let r = self.relay.leg(l.id)?;
-                let rtp = r.rtp_stats();
-                let rtcp = r.rtcp_stats();
-                Some(LegStats {
-                    key: l.key,
-                    local_rtp: driver.local_addr(l.rtp),
-                    remote_rtp: r.destination(Component::Rtp).map(|(_, a)| a),
-                    rtp: StreamStats {
-                        packets: rtp.packets(),
-                        bytes: rtp.bytes(),
-                        errors: rtp.errors(),
-                        last_packet_us: rtp.last_packet().map(|m| m.0),
-                    },
-                    rtcp: StreamStats {
-                        packets: rtcp.packets(),
-                        bytes: rtcp.bytes(),
-                        errors: rtcp.errors(),
-                        last_packet_us: rtcp.last_packet().map(|m| m.0),
-                    },
-                    lost: rtp.lost(),
-                    jitter_ms: rtp.jitter_ms(),
-                    rtt_ms: rtcp.rtt().map(|d| d.as_secs_f64() * 1000.0),
-                    mos: r.mos(),
-                    dropped: r.drops().total(),
-                    mixed: r.is_mixed(),
-                    media: self.media.as_ref().and_then(|m| {
-                        let i = m.input_stats(l.id)?;
-                        Some(LegMediaStats {
-                            jitter_depth_ms: i.depth_ms,
-                            jitter_target_ms: i.target_delay_ms,
-                            concealed_frames: i.concealed_frames,
-                            late: i.late,
-                            lost: i.lost,
-                            decode_errors: i.decode_errors,
-                            talking: m.is_talking(l.id),
-                        })
-                    }),
-                })
-            })
+            .filter_map(|l| self.leg_stats(l, driver))
             .collect();
         CallStats {
             created_us: self.relay.created().0,
             last_activity_us: self.relay.last_activity().0,
             legs,
+            analytics: self.taps.analytics_summary(),
         }
+    }
+
+    fn leg_stats(&self, l: &LegEntry, driver: &impl Driver) -> Option<LegStats> {
+        let r = self.relay.leg(l.id)?;
+        let rtp = r.rtp_stats();
+        let rtcp = r.rtcp_stats();
+        Some(LegStats {
+            key: l.key,
+            local_rtp: driver.local_addr(l.rtp),
+            remote_rtp: r.destination(Component::Rtp).map(|(_, a)| a),
+            rtp: StreamStats {
+                packets: rtp.packets(),
+                bytes: rtp.bytes(),
+                errors: rtp.errors(),
+                last_packet_us: rtp.last_packet().map(|m| m.0),
+            },
+            rtcp: StreamStats {
+                packets: rtcp.packets(),
+                bytes: rtcp.bytes(),
+                errors: rtcp.errors(),
+                last_packet_us: rtcp.last_packet().map(|m| m.0),
+            },
+            lost: rtp.lost(),
+            jitter_ms: rtp.jitter_ms(),
+            rtt_ms: rtcp.rtt().map(|d| d.as_secs_f64() * 1000.0),
+            mos: r.mos(),
+            dropped: r.drops().total(),
+            mixed: r.is_mixed(),
+            media: self.media.as_ref().and_then(|m| {
+                let i = m.input_stats(l.id)?;
+                Some(LegMediaStats {
+                    jitter_depth_ms: i.depth_ms,
+                    jitter_target_ms: i.target_delay_ms,
+                    concealed_frames: i.concealed_frames,
+                    late: i.late,
+                    lost: i.lost,
+                    decode_errors: i.decode_errors,
+                    talking: m.is_talking(l.id),
+                })
+            }),
+        })
     }
 }
 
@@ -968,6 +1078,7 @@ impl Worker {
                     legs: Vec::new(),
                     tap: CallTap::default(),
                     media: None,
+                    taps: crate::media::taps::CallTaps::default(),
                 };
                 let slot = match self.free_slots.pop() {
                     Some(s) => {
@@ -1044,6 +1155,26 @@ impl Worker {
                     });
                 }
                 self.publish_counts();
+            }
+            Command::DetachLeg { call, leg, reply } => {
+                let detached = self.detach_leg(call, leg);
+                self.publish_counts();
+                let _ = reply.send(detached);
+            }
+            Command::AttachLeg {
+                call,
+                leg,
+                detached,
+                reply,
+            } => {
+                let res = self.attach_leg(call, leg, detached);
+                if res.is_err() {
+                    warn!(call, leg, "cannot attach a moved leg");
+                }
+                self.publish_counts();
+                if let Some(r) = reply {
+                    let _ = r.send(res);
+                }
             }
             Command::UpdateLeg { call, leg, config } => {
                 if let Some(entry) = self.call_mut(call) {
@@ -1146,6 +1277,137 @@ impl Worker {
         Some(stats)
     }
 
+    /// Takes a leg out of its call, keeping its sockets open (see [`Command::DetachLeg`]).
+    fn detach_leg(&mut self, call: CallKey, leg: LegKey) -> Option<Box<DetachedLeg>> {
+        let slot = *self.by_key.get(&call)?;
+        let entry = self.calls.get_mut(slot as usize)?.as_mut()?;
+        let id = entry.id_of(leg)?;
+        let l = entry.legs.get(id.index())?.as_ref()?;
+        let (rtp_token, rtcp_token) = (l.rtp, l.rtcp);
+        let stats = entry.leg_stats(l, &self.driver);
+        // Forks and analytics stop listening to it here, as for a removed leg.
+        entry.taps.remove_leg(id);
+        // The mixer's output state, when it fed the leg; the relay's otherwise.
+        let mixed_seed = match entry.media.as_mut() {
+            Some(media) if media.contains(id) => {
+                let seed = media.remove_leg(id);
+                if media.is_empty() {
+                    entry.media = None;
+                }
+                seed
+            }
+            _ => None,
+        };
+        let relayed = entry.relay.remove_leg(id).ok()?;
+        entry.legs[id.index()] = None;
+        let seed = mixed_seed.or_else(|| relayed.last_sent());
+        let mut config = *relayed.config();
+        if let Some(a) = relayed.learned(Component::Rtp) {
+            config.expected_rtp = Some(a);
+        }
+        if let Some(a) = relayed.learned(Component::Rtcp) {
+            config.expected_rtcp = Some(a);
+        }
+        for t in [rtp_token, rtcp_token] {
+            if let Some(r) = self.routes.get_mut(t.index()) {
+                *r = None;
+            }
+        }
+        let rtp = self.driver.take(rtp_token);
+        let rtcp = self.driver.take(rtcp_token);
+        match (rtp, rtcp) {
+            (Ok(rtp), Ok(rtcp)) => Some(Box::new(DetachedLeg {
+                config,
+                rtp,
+                rtcp,
+                seed,
+                stats,
+            })),
+            (rtp, rtcp) => {
+                // The leg is gone from the call either way; whatever socket came back closes.
+                warn!(call, leg, rtp = ?rtp.err(), rtcp = ?rtcp.err(), "cannot take a leg's sockets");
+                None
+            }
+        }
+    }
+
+    /// Adds a detached leg to a call (see [`Command::AttachLeg`]).
+    fn attach_leg(
+        &mut self,
+        call: CallKey,
+        leg: LegKey,
+        detached: Box<DetachedLeg>,
+    ) -> Result<(), Option<Box<DetachedLeg>>> {
+        let Some(&slot) = self.by_key.get(&call) else {
+            return Err(Some(detached));
+        };
+        let Some(Some(entry)) = self.calls.get_mut(slot as usize) else {
+            return Err(Some(detached));
+        };
+        if entry.id_of(leg).is_some() {
+            return Err(Some(detached));
+        }
+        let DetachedLeg {
+            config,
+            rtp,
+            rtcp,
+            seed,
+            stats,
+        } = *detached;
+        let Ok(id) = entry.relay.add_leg(config) else {
+            return Err(Some(Box::new(DetachedLeg {
+                config,
+                rtp,
+                rtcp,
+                seed,
+                stats,
+            })));
+        };
+        if seed.is_some() {
+            let _ = entry.relay.continue_stream(id, seed);
+        }
+        // Registering takes the sockets; on failure they are closed and the leg is lost.
+        let rtp_token = match self.driver.register(rtp) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(call, leg, error = %e, "cannot register a moved RTP socket");
+                let _ = entry.relay.remove_leg(id);
+                return Err(None);
+            }
+        };
+        let rtcp_token = match self.driver.register(rtcp) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(call, leg, error = %e, "cannot register a moved RTCP socket");
+                let _ = self.driver.deregister(rtp_token);
+                let _ = entry.relay.remove_leg(id);
+                return Err(None);
+            }
+        };
+        let i = id.index();
+        if entry.legs.len() <= i {
+            entry.legs.resize_with(i + 1, || None);
+        }
+        entry.legs[i] = Some(LegEntry {
+            key: leg,
+            id,
+            rtp: rtp_token,
+            rtcp: rtcp_token,
+        });
+        for (token, component) in [(rtp_token, Component::Rtp), (rtcp_token, Component::Rtcp)] {
+            let t = token.index();
+            if self.routes.len() <= t {
+                self.routes.resize(t + 1, None);
+            }
+            self.routes[t] = Some(PortRoute {
+                call_slot: slot,
+                leg: id,
+                component,
+            });
+        }
+        Ok(())
+    }
+
     fn close_leg_sockets(&mut self, rtp: PortToken, rtcp: PortToken) {
         for t in [rtp, rtcp] {
             if let Some(r) = self.routes.get_mut(t.index()) {
@@ -1223,15 +1485,32 @@ impl Worker {
         } = self;
         for call in calls.iter_mut().flatten() {
             let CallEntry {
-                relay, legs, media, ..
+                relay,
+                legs,
+                media,
+                taps,
+                ..
             } = call;
             let Some(media) = media.as_mut() else {
                 continue;
             };
+            taps.before_tick(media);
             media.tick(now, &mut |leg, data| {
                 send_media(driver, metrics, relay, legs, leg, data);
             });
+            if let Some(summary) = taps.after_tick(media) {
+                let ev = WorkerEvent::Analytics {
+                    call: call.key,
+                    worker: *index,
+                    summary: Box::new(summary),
+                    last: false,
+                };
+                if events.try_send(ev).is_err() {
+                    WorkerMetrics::add(&metrics.media_events_dropped, 1);
+                }
+            }
             while let Some(event) = media.poll_event() {
+                taps.on_event(&event);
                 let ev = WorkerEvent::Media {
                     call: call.key,
                     worker: *index,
@@ -1369,8 +1648,63 @@ impl Worker {
                 }
                 Ok(())
             }
+            MediaOp::ForkStart {
+                id,
+                caller,
+                agent,
+                what,
+                sample_rate,
+                bot_leg,
+                media,
+            } => {
+                let caller = caller.map(|k| id_of(entry, k)).transpose()?;
+                let agent = agent.map(|k| id_of(entry, k)).transpose()?;
+                let bot_leg = bot_leg.map(|k| id_of(entry, k)).transpose()?;
+                entry.taps.start_fork(crate::media::taps::ForkTapSpec {
+                    id,
+                    caller,
+                    agent,
+                    what,
+                    sample_rate,
+                    bot_leg,
+                    media: *media,
+                })
+            }
+            MediaOp::TelephoneEvent { leg, pt } => {
+                let id = id_of(entry, leg)?;
+                entry
+                    .relay
+                    .set_telephone_event(id, pt)
+                    .map_err(|e| e.to_string())
+            }
+            MediaOp::ForkStop { id } => {
+                entry.taps.stop_fork(id);
+                Ok(())
+            }
+            MediaOp::AnalyticsStart {
+                caller,
+                agent,
+                interval_ms,
+            } => {
+                let caller = caller.map(|k| id_of(entry, k)).transpose()?;
+                let agent = agent.map(|k| id_of(entry, k)).transpose()?;
+                entry.taps.start_analytics(caller, agent, interval_ms)
+            }
+            MediaOp::AnalyticsStop => {
+                if let Some(summary) = entry.taps.stop_analytics() {
+                    let ev = WorkerEvent::Analytics {
+                        call,
+                        worker: self.index,
+                        summary: Box::new(summary),
+                        last: true,
+                    };
+                    let _ = self.events.try_send(ev);
+                }
+                Ok(())
+            }
             MediaOp::RemoveLeg { leg } => {
                 let id = id_of(entry, leg)?;
+                entry.taps.remove_leg(id);
                 if let Some(media) = entry.media.as_mut() {
                     let _ = media.remove_leg(id);
                     if media.is_empty() {

@@ -286,3 +286,69 @@ fn play_media_and_dtmf() {
         h.events.len()
     );
 }
+
+/// An RTP packet of the caller's stream: PCMU audio or an RFC 4733 event (payload type 101).
+fn caller_packet(pt: u8, seq: u16) -> Vec<u8> {
+    let mut p = vec![0x80, pt];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    if pt == 101 {
+        p.extend_from_slice(&[5, 10, 0, 160]);
+    } else {
+        p.extend(std::iter::repeat_n(0xffu8, 160));
+    }
+    p
+}
+
+/// `block DTMF` on a call that only relays (same codec both ways): the caller's event packets
+/// are dropped and its audio still passes; `unblock DTMF` lets events through again.
+#[test]
+fn block_dtmf_while_relaying() {
+    let e = Engine::start("auto", &[]);
+    let ng = e.ng();
+    let a = common::udp();
+    let b = common::udp();
+    let pcmu = [(0u8, "PCMU/8000"), (101, "telephone-event/8000")];
+    let r = ok(
+        &ng,
+        json!({"command": "offer", "call-id": "d1", "from-tag": "ta",
+               "sdp": sdp_for("a", a.local_addr().unwrap().port(), &pcmu)}),
+    );
+    assert!(r["sdp"].as_str().is_some());
+    let r = ok(
+        &ng,
+        json!({"command": "answer", "call-id": "d1", "from-tag": "ta", "to-tag": "tb",
+               "sdp": sdp_for("b", b.local_addr().unwrap().port(), &pcmu)}),
+    );
+    let to_engine = sdp_media_addr(r["sdp"].as_str().unwrap());
+    let _ = ok(
+        &ng,
+        json!({"command": "block DTMF", "call-id": "d1", "from-tag": "ta"}),
+    );
+    let mut seq = 1u16;
+    let mut burst = |seq: &mut u16| -> Vec<u8> {
+        for i in 0..20 {
+            a.send_to(
+                &caller_packet(if i % 2 == 0 { 0 } else { 101 }, *seq),
+                to_engine,
+            )
+            .unwrap();
+            *seq += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        common::recv_all(&b, 20, Duration::from_secs(1))
+            .iter()
+            .map(|(p, _)| p[1] & 0x7f)
+            .collect()
+    };
+    let pts = burst(&mut seq);
+    assert!(pts.contains(&0), "audio must pass: {pts:?}");
+    assert!(!pts.contains(&101), "events must be blocked: {pts:?}");
+    let _ = ok(
+        &ng,
+        json!({"command": "unblock DTMF", "call-id": "d1", "from-tag": "ta"}),
+    );
+    let pts = burst(&mut seq);
+    assert!(pts.contains(&101), "events pass again: {pts:?}");
+}

@@ -57,11 +57,13 @@ pub enum DropReason {
     Blocked,
     /// An RFC 4733 event from a leg whose DTMF is blocked.
     DtmfBlocked,
+    /// An RTP payload type the leg did not negotiate (decoded media).
+    UnknownPayloadType,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 16;
+    pub const COUNT: usize = 17;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -81,6 +83,7 @@ impl DropReason {
         DropReason::StrictSource,
         DropReason::Blocked,
         DropReason::DtmfBlocked,
+        DropReason::UnknownPayloadType,
     ];
 
     /// A stable snake-case name for metric labels.
@@ -103,6 +106,7 @@ impl DropReason {
             DropReason::StrictSource => "strict_source",
             DropReason::Blocked => "blocked",
             DropReason::DtmfBlocked => "dtmf_blocked",
+            DropReason::UnknownPayloadType => "unknown_payload_type",
         }
     }
 

@@ -11,7 +11,7 @@
 //! * `recording.started` adds a recording id to its call;
 //! * `media.timeout` keeps the call's last statistics and the reason `timeout`;
 //! * `call.ended` (`reason`, `created_ms`, `answered_ms`, `ended_ms`, `legs`,
-//!   `recordings`; every field optional) makes the full record at once;
+//!   `recordings`, `analytics`; every field optional) makes the full record at once;
 //! * `call.deleted` alone makes a minimal record once [`DELETED_GRACE`] has passed without a
 //!   `call.ended` for the same call.
 //!
@@ -125,6 +125,9 @@ pub struct Cdr {
     pub task: Option<Value>,
     /// When the ACD assigned the task, Unix ms.
     pub assigned_ms: Option<u64>,
+    /// Conversation analytics summary (the `analytics` object of `call.ended`, see
+    /// `docs/fork.md`), when analytics ran on the call.
+    pub analytics: Option<Value>,
     /// `call.ended` (complete) or `call.deleted` (minimal: no per-leg figures unless a media
     /// timeout left some).
     pub source: &'static str,
@@ -167,6 +170,7 @@ impl Cdr {
             "recordings": self.recordings,
             "queue": self.queue, "agent": self.agent, "task": self.task,
             "assigned": iso(self.assigned_ms), "assigned_ms": self.assigned_ms,
+            "analytics": self.analytics,
             "source": self.source,
         })
     }
@@ -218,6 +222,14 @@ fn num(v: &Value) -> Value {
     } else {
         Value::Null
     }
+}
+
+/// Longest analytics object kept, as JSON text.
+const MAX_ANALYTICS: usize = 8 * 1024;
+
+/// The `analytics` object of a `call.ended` event, when it is an object of bounded size.
+fn analytics_from_ended(v: &Value) -> Option<Value> {
+    (v.is_object() && v.to_string().len() <= MAX_ANALYTICS).then(|| v.clone())
 }
 
 /// One leg from a `call.ended` leg object (known fields only, checked types).
@@ -395,6 +407,7 @@ impl Collector {
                     agent: p.agent,
                     task: p.task,
                     assigned_ms: p.assigned_ms,
+                    analytics: analytics_from_ended(&ev["analytics"]),
                     source: "call.ended",
                 };
                 self.finish(&call, now_ms);
@@ -451,6 +464,7 @@ impl Collector {
                 agent: p.agent,
                 task: p.task,
                 assigned_ms: p.assigned_ms,
+                analytics: None,
                 source: "call.deleted",
             });
             self.finish(&call, now_ms);
@@ -699,6 +713,29 @@ mod tests {
 
     fn ev(v: Value) -> Value {
         v
+    }
+
+    #[test]
+    fn call_ended_analytics_are_kept_when_bounded() {
+        let mut c = Collector::default();
+        let a = json!({"duration_ms": 1000, "silence_ms": 200, "parties": []});
+        let out = c.on_event(
+            &json!({"event": "call.ended", "call": "a1", "ended_ms": 5_000, "analytics": a}),
+            5_001,
+        );
+        assert_eq!(out[0].analytics, Some(a.clone()));
+        assert_eq!(out[0].to_json()["analytics"], a);
+        let big = json!({"x": "y".repeat(MAX_ANALYTICS)});
+        for junk in [json!("text"), json!([1, 2]), big] {
+            let out = c.on_event(
+                &json!({"event": "call.ended", "call": "a2", "ended_ms": 5_000,
+                    "analytics": junk}),
+                6_000,
+            );
+            assert_eq!(out[0].analytics, None);
+            assert!(out[0].to_json()["analytics"].is_null());
+            c = Collector::default();
+        }
     }
 
     #[test]

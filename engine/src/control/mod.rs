@@ -6,9 +6,11 @@
 //! It runs on the control runtime's threads, never on a media core. Media commands go to the
 //! worker that owns the call; statistics for `query`, `delete` and `call.get` come back from it.
 
+pub mod bridge;
 pub mod native;
 pub mod ng;
 pub mod ports;
+mod taps;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -63,6 +65,8 @@ enum NativeOp {
     Record(crate::record::manager::NativeRecord),
     Media(Box<MediaRequest>, Option<Arc<Prompt>>),
     EndAll,
+    Bridge(bridge::BridgeRequest),
+    Unbridge { call: String, leg: String },
 }
 
 struct Shared {
@@ -293,6 +297,18 @@ struct CallInfo {
     holds: Vec<(Instant, u32)>,
     /// The next hold id.
     next_hold: u32,
+    /// Media forks running, by fork id.
+    forks: HashMap<String, taps::ForkRun>,
+    /// The number in the next fork's id.
+    next_fork: u32,
+    /// Conversation analytics, while they run.
+    analytics: Option<taps::AnalyticsRun>,
+    /// The last analytics summary (live or final), for `call.ended`.
+    last_analytics: Option<Value>,
+    /// When the call was answered, Unix ms (see [`Control::note_answered`]).
+    answered_ms: Option<u64>,
+    /// The codec each NG leg negotiated, by key, for `call.ended`.
+    ng_codecs: HashMap<LegKey, String>,
 }
 
 impl CallInfo {
@@ -310,6 +326,12 @@ impl CallInfo {
             next_leg: 1,
             holds: Vec::new(),
             next_hold: 1,
+            forks: HashMap::new(),
+            next_fork: 1,
+            analytics: None,
+            last_analytics: None,
+            answered_ms: None,
+            ng_codecs: HashMap::new(),
         }
     }
 }
@@ -332,6 +354,8 @@ struct Control {
     end_reason: &'static str,
     /// Names given to native calls without one.
     next_call: u64,
+    /// Legs living in a call other than the one that owns them (`call.bridge`).
+    moves: bridge::Moves,
 }
 
 /// Starts the control task; returns its handle. Workers' events arrive on `events`.
@@ -383,8 +407,10 @@ pub fn start(
         empty_calls: HashMap::new(),
         end_reason: "hangup",
         next_call: 1,
+        moves: bridge::Moves::default(),
     };
     let task = tokio::spawn(control.run(rx, events, rec_events));
+    tokio::spawn(bridge::watch_assignments(hub.clone()));
     (hub, task)
 }
 
@@ -450,6 +476,7 @@ impl Control {
 
     fn handle_timers(&mut self) {
         self.release_holds();
+        self.reap_forks();
         let now = self.now();
         if self.ng.poll_timeout().is_some_and(|t| t <= now) {
             let cmds = self.ng.handle_timeout(now, wall_now(), &mut self.ports);
@@ -479,6 +506,12 @@ impl Control {
                 );
                 let _ = self.apply(cmds);
             }
+            WorkerEvent::Analytics {
+                call,
+                summary,
+                last,
+                ..
+            } => self.on_analytics(call, &summary, last),
             WorkerEvent::RecordingDropped { call, frames, .. } => {
                 self.recording_dropped(call, frames);
             }
@@ -588,6 +621,7 @@ impl Control {
                 if let Some(s) = self.query_worker(id).await {
                     stats.streams = self.stream_stats(id, &s);
                 }
+                stats.streams.extend(self.moved_stream_stats(id).await);
             }
         }
         let now = self.now();
@@ -627,6 +661,14 @@ impl Control {
             }
         }
         let result = ng::reply_result(&reply);
+        if matches!(command.as_str(), "offer" | "answer") && result == "ok" {
+            if let Some(id) = &call_id {
+                if command == "answer" {
+                    self.note_answered(id);
+                }
+                self.note_ng_codecs(id);
+            }
+        }
         if command == "delete" && result == "ok" {
             // The parties hung up: recordings end now, not after the delete delay.
             if let Some(id) = &call_id {
@@ -714,6 +756,13 @@ impl Control {
             if let Some(w) = w {
                 if !touched.contains(&w) {
                     touched.push(w);
+                }
+            }
+            if let MediaCommand::SetRelay(spec) = &cmd {
+                for h in self.hosts_of(&spec.call_id) {
+                    if !touched.contains(&h) {
+                        touched.push(h);
+                    }
                 }
             }
             match cmd {
@@ -812,12 +861,16 @@ impl Control {
             );
             return;
         }
+        let foreign = self.end_moves(call_id, reason);
         let Some(info) = self.calls.remove(call_id) else {
             return;
         };
         self.by_key.remove(&info.key);
+        taps::end_forks(info.forks);
         for p in info.native_legs.values() {
-            self.ports.release_pair(call_id, p);
+            if !foreign.contains(&p.rtp_port) {
+                self.ports.release_pair(call_id, p);
+            }
         }
         let recordings: Vec<String> = self.recording.as_ref().map_or_else(Vec::new, |m| {
             m.recordings_of(call_id)
@@ -826,6 +879,7 @@ impl Control {
                 .collect()
         });
         self.emit(json!({"event": "call.deleted", "call": call_id}));
+        let ng_codecs = info.ng_codecs.clone();
         let skeleton = CallEnd {
             call: call_id.to_owned(),
             reason,
@@ -838,10 +892,17 @@ impl Control {
                     key: l.key,
                     name: l.name.clone(),
                     tag: info.tags.contains(&l.name).then(|| l.name.clone()),
-                    codec: l.media.as_ref().map(|m| m.send.kind.encoding_name()),
+                    codec: l
+                        .media
+                        .as_ref()
+                        .map(|m| m.send.kind.encoding_name().to_owned())
+                        .or_else(|| ng_codecs.get(&l.key).cloned()),
                 })
                 .collect(),
+            ng_codecs,
             recordings,
+            analytics: info.last_analytics.clone(),
+            answered_ms: info.answered_ms,
         };
         match stats {
             Some(s) => self.emit(skeleton.event(Some(&s))),
@@ -875,6 +936,15 @@ impl Control {
         // Legs are removed with their call on the worker; a single media section going away
         // keeps its sockets until the call ends (its relay gets no more commands), unless
         // the call mixes: then the leg leaves the mixer.
+        for p in pairs {
+            if self
+                .moves
+                .get(p.rtp_port)
+                .is_some_and(|m| m.origin == call_id)
+            {
+                self.remove_moved(p.rtp_port);
+            }
+        }
         let Some(info) = self.calls.get_mut(call_id) else {
             return;
         };
@@ -968,6 +1038,9 @@ impl Control {
     }
 
     fn set_relay(&mut self, spec: &RelaySpec) {
+        if self.redirect_relay(spec) {
+            return;
+        }
         let worker = spec.sides[0].local.worker;
         if self.workers.get(worker).is_none() {
             warn!(worker, "media command for an unknown worker");
@@ -1438,6 +1511,8 @@ impl Control {
             }
             NativeOp::Record(r) => self.handle_record(r).await,
             NativeOp::Media(req, prompt) => self.handle_media(*req, prompt).await,
+            NativeOp::Bridge(req) => self.bridge(req).await,
+            NativeOp::Unbridge { call, leg } => self.unbridge(&call, &leg).await,
             NativeOp::EndAll => {
                 let ids: Vec<String> = self
                     .calls
@@ -1656,6 +1731,12 @@ struct CallEnd {
     ended_ms: u64,
     legs: Vec<LegEnd>,
     recordings: Vec<String>,
+    /// The last analytics summary the control task saw.
+    analytics: Option<Value>,
+    /// Answered, Unix ms.
+    answered_ms: Option<u64>,
+    /// Codecs of the NG legs, by key (for legs the topology has no codec for).
+    ng_codecs: HashMap<LegKey, String>,
 }
 
 #[derive(Debug)]
@@ -1663,7 +1744,7 @@ struct LegEnd {
     key: LegKey,
     name: String,
     tag: Option<String>,
-    codec: Option<&'static str>,
+    codec: Option<String>,
 }
 
 impl CallEnd {
@@ -1677,7 +1758,9 @@ impl CallEnd {
             legs.push(json!({
                 "leg": named.map_or_else(|| format!("port:{}", s.key), |l| l.name.clone()),
                 "tag": named.and_then(|l| l.tag.clone()),
-                "codec": named.and_then(|l| l.codec),
+                "codec": named
+                    .and_then(|l| l.codec.clone())
+                    .or_else(|| self.ng_codecs.get(&s.key).cloned()),
                 "local": s.local_rtp.map(|a| a.to_string()),
                 "remote": s.remote_rtp.map(|a| a.to_string()),
                 "packets": s.rtp.packets,
@@ -1699,10 +1782,15 @@ impl CallEnd {
             "call": self.call,
             "reason": self.reason,
             "created_ms": self.created_ms,
+            "answered_ms": self.answered_ms,
             "ended_ms": self.ended_ms,
             "duration_ms": self.ended_ms.saturating_sub(self.created_ms),
             "legs": legs,
             "recordings": self.recordings,
+            "analytics": stats
+                .and_then(|s| s.analytics.as_ref())
+                .map(|a| crate::fork::analytics_json(a, &taps::PARTIES))
+                .or_else(|| self.analytics.clone()),
         })
     }
 }
@@ -1888,6 +1976,10 @@ impl Control {
         prompt: Option<Arc<Prompt>>,
     ) -> Result<Value, OpError> {
         match req {
+            MediaRequest::ForkStart(r) => self.fork_start(*r).await,
+            MediaRequest::ForkStop { call, fork } => self.fork_stop(&call, fork.as_deref()).await,
+            MediaRequest::AnalyticsStart(r) => self.analytics_start(r).await,
+            MediaRequest::AnalyticsStop { call } => self.analytics_stop(&call).await,
             MediaRequest::CallCreate { call } => self.call_create(call),
             MediaRequest::LegCreate {
                 call,
@@ -2148,6 +2240,41 @@ impl Control {
         }
     }
 
+    /// Notes the call's answer time, once: the first NG `answer` for the call, the first
+    /// native `leg.answer`, or a native leg created with its remote address while another
+    /// leg is already there (`answered_ms` in `call.ended`).
+    fn note_answered(&mut self, call: &str) {
+        if let Some(info) = self.calls.get_mut(call) {
+            info.answered_ms.get_or_insert(wall_now().0 / 1000);
+        }
+    }
+
+    /// Keeps the codec each NG leg negotiated (its first non-supplemental one), so
+    /// `call.ended` names it even for relayed legs after the session is gone.
+    fn note_ng_codecs(&mut self, call: &str) {
+        let legs = self.ng.sessions.recording_legs(call).unwrap_or_default();
+        let Some(info) = self.calls.get_mut(call) else {
+            return;
+        };
+        let mut ops = Vec::new();
+        for l in legs {
+            let key = LegKey::from(l.local.rtp_port);
+            if let Some(c) = l.codecs.iter().find(|c| !c.is_supplemental()) {
+                info.ng_codecs.insert(key, c.name.clone());
+            }
+            // The relay learns the leg's telephone-event payload type even when the call
+            // never mixes, so `block DTMF` drops its events in relay mode too.
+            let pt = l
+                .codecs
+                .iter()
+                .find(|c| c.name.eq_ignore_ascii_case("telephone-event"))
+                .map(|c| c.payload_type);
+            ops.push(MediaOp::TelephoneEvent { leg: key, pt });
+        }
+        let (worker, key) = (info.worker, info.key);
+        self.send_ops(worker, key, ops);
+    }
+
     fn topo_of(&self, call: &str) -> Result<Topology, OpError> {
         self.calls
             .get(call)
@@ -2303,6 +2430,15 @@ impl Control {
             self.drop_native_leg(call, k).await;
             return Err(e);
         }
+        if remote.is_some()
+            && self
+                .calls
+                .get(call)
+                .is_some_and(|c| c.topo.legs().count() >= 2)
+        {
+            // A second leg whose media address is known: both sides can talk.
+            self.note_answered(call);
+        }
         let session = u64::from(pair.rtp_port) ^ (wall_now().0 / 1000);
         Ok(json!({
             "call": call,
@@ -2336,7 +2472,8 @@ impl Control {
         }
         let _ = wait_answers(rxs).await;
         if let Some(p) = pair {
-            self.ports.release_pair(call, &p);
+            let owner = self.release_owner(call, p.rtp_port);
+            self.ports.release_pair(&owner, &p);
         }
         Some(())
     }
@@ -2399,6 +2536,7 @@ impl Control {
             });
         }
         self.commit(call, topo).await?;
+        self.note_answered(call);
         Ok(json!({"call": call, "leg": leg, "remote": rtp.map(|r| r.to_string())}))
     }
 

@@ -84,7 +84,16 @@ impl OpError {
 }
 
 /// Topics a connection may subscribe to.
-pub const TOPICS: &[&str] = &["calls", "media", "acd", "recording", "all"];
+pub const TOPICS: &[&str] = &[
+    "calls",
+    "media",
+    "acd",
+    "recording",
+    "cdr",
+    "fork",
+    "analytics",
+    "all",
+];
 
 /// Outcome of reading one bounded line.
 enum Line {
@@ -224,8 +233,12 @@ fn wants(topics: &[String], ev: &Value) -> bool {
     topics.iter().any(|t| {
         t == "all"
             || t == topic
-            || (t == "calls" && topic == "call")
-            || (t == "media" && matches!(topic, "dtmf" | "talking" | "play" | "monitor"))
+            || (t == "calls" && matches!(topic, "call" | "bridge" | "cdr"))
+            || (t == "media"
+                && matches!(
+                    topic,
+                    "dtmf" | "talking" | "play" | "monitor" | "fork" | "analytics"
+                ))
             || (t == "acd" && matches!(topic, "task" | "offer" | "agent"))
     })
 }
@@ -311,6 +324,7 @@ async fn dispatch(
             hub.record(op, req).await
         }
         media if crate::media::OPS.contains(&media) => hub.media(media, req).await,
+        bridge if super::bridge::OPS.contains(&bridge) => hub.bridge(bridge, req).await,
         "subscribe" => {
             let topics: Vec<String> = match req.get("topics") {
                 None => vec!["all".into()],
@@ -413,7 +427,17 @@ mod tests {
         assert!(wants(&["acd".into()], &json!({"event": "agent.state"})));
         assert!(!wants(&["acd".into()], &json!({"event": "call.created"})));
         assert!(wants(&["calls".into()], &json!({"event": "call.ended"})));
-        for e in ["dtmf", "talking", "play.done", "monitor.mode"] {
+        assert!(wants(&["calls".into()], &json!({"event": "cdr"})));
+        assert!(wants(&["cdr".into()], &json!({"event": "cdr"})));
+        assert!(wants(&["fork".into()], &json!({"event": "fork.message"})));
+        for e in [
+            "dtmf",
+            "talking",
+            "play.done",
+            "monitor.mode",
+            "fork.barge_in",
+            "analytics",
+        ] {
             assert!(wants(&["media".into()], &json!({"event": e})), "{e}");
             assert!(!wants(&["calls".into()], &json!({"event": e})), "{e}");
         }

@@ -64,6 +64,32 @@ impl EnginePorts {
         self.calls.get(call_id).map(|(w, _)| *w)
     }
 
+    /// Counts an allocated pair under call `to` instead of call `from` (a leg that moved
+    /// between calls and outlives the call that allocated it): the pair is released under
+    /// `to` from now on. The pair itself (port, worker slice) is unchanged.
+    pub fn transfer_pair(&mut self, from: &str, to: &str, pair: &LocalPair) {
+        if !self.allocated.contains_key(&(pair.worker, pair.rtp_port)) {
+            return;
+        }
+        if let Some(entry) = self.calls.get_mut(from) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                let w = entry.0;
+                self.calls.remove(from);
+                if let Some(n) = self.load.get_mut(w) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+        let entry = self.calls.entry(to.to_owned()).or_insert((pair.worker, 0));
+        if entry.1 == 0 {
+            if let Some(n) = self.load.get_mut(entry.0) {
+                *n += 1;
+            }
+        }
+        entry.1 += 1;
+    }
+
     /// Takes the bound sockets of a pair, to hand them to its worker.
     pub fn take_sockets(&mut self, pair: &LocalPair) -> Option<BoundPair> {
         self.pending.remove(&(pair.worker, pair.rtp_port))
@@ -209,6 +235,20 @@ mod tests {
         p.release_pair("a", &a2);
         assert_eq!(p.worker_of("a"), None);
         assert_eq!(p.worker_of("b"), Some(b1.worker));
+    }
+
+    #[test]
+    fn a_transferred_pair_is_released_under_its_new_call() {
+        let mut p = ports(2);
+        let a1 = p.allocate_pair("a", AddressFamily::Ip4, None).unwrap();
+        let b1 = p.allocate_pair("b", AddressFamily::Ip4, None).unwrap();
+        p.transfer_pair("a", "b", &a1);
+        assert_eq!(p.worker_of("a"), None);
+        p.release_pair("b", &b1);
+        assert_eq!(p.worker_of("b"), Some(b1.worker));
+        p.release_pair("b", &a1);
+        assert_eq!(p.worker_of("b"), None);
+        assert_eq!(p.load, vec![0, 0]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! [`crate::worker::MediaOp`]s for the call's worker.
 
 pub mod prompts;
+pub mod taps;
 pub mod topology;
 
 use std::fmt::Write as _;
@@ -131,6 +132,22 @@ pub enum PlayWhat {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum MediaRequest {
+    /// `fork.start`.
+    ForkStart(Box<ForkRequest>),
+    /// `fork.stop`.
+    ForkStop {
+        /// The call.
+        call: String,
+        /// The fork; none: every fork of the call.
+        fork: Option<String>,
+    },
+    /// `analytics.start`.
+    AnalyticsStart(AnalyticsRequest),
+    /// `analytics.stop`.
+    AnalyticsStop {
+        /// The call.
+        call: String,
+    },
     /// `call.create`.
     CallCreate {
         /// The call's name, or one is made up.
@@ -259,8 +276,52 @@ pub enum MediaRequest {
     },
 }
 
+/// `fork.start` settings, parsed.
+#[derive(Debug, Clone)]
+pub struct ForkRequest {
+    /// The call.
+    pub call: String,
+    /// The caller's leg (`caller`, or `leg`); default: the call's first leg.
+    pub caller: Option<String>,
+    /// The agent's leg; default: the call's other leg.
+    pub agent: Option<String>,
+    /// `ws://` or `wss://` URL.
+    pub url: String,
+    /// Which audio.
+    pub what: crate::fork::ForkWhat,
+    /// 8000 or 16000.
+    pub rate: u32,
+    /// The leg bot audio is played into (`to`); default: the caller.
+    pub to: Option<String>,
+    /// Whether bot audio is played at all (`to: false` turns it off).
+    pub bot: bool,
+    /// Passed through to the service.
+    pub metadata: Value,
+}
+
+/// `analytics.start` settings, parsed.
+#[derive(Debug, Clone)]
+pub struct AnalyticsRequest {
+    /// The call.
+    pub call: String,
+    /// Party 0; default: the call's first leg.
+    pub caller: Option<String>,
+    /// Party 1; default: the call's other leg.
+    pub agent: Option<String>,
+    /// Call time between live `analytics` events, ms.
+    pub interval_ms: u32,
+    /// Sends the caller's live agitation to this ACD task (`task.update`).
+    pub update_task: Option<u64>,
+    /// The ACD tenant of that task.
+    pub tenant: Option<String>,
+}
+
 /// The native operations handled here.
 pub const OPS: &[&str] = &[
+    "fork.start",
+    "fork.stop",
+    "analytics.start",
+    "analytics.stop",
     "call.create",
     "leg.create",
     "leg.answer",
@@ -334,6 +395,70 @@ impl MediaRequest {
     pub fn parse(op: &str, req: &Value) -> Result<Self, OpError> {
         let call = || req_name(req, "call");
         Ok(match op {
+            "fork.start" => {
+                let url = req
+                    .get("url")
+                    .and_then(Value::as_str)
+                    .filter(|u| {
+                        u.len() <= 2048 && (u.starts_with("ws://") || u.starts_with("wss://"))
+                    })
+                    .ok_or_else(|| bad("`url` is a ws:// or wss:// URL"))?
+                    .to_owned();
+                let leg = name_field(req, "leg")?;
+                let caller = name_field(req, "caller")?.or_else(|| leg.clone());
+                let what = match req.get("what") {
+                    None | Some(Value::Null) if leg.is_some() => crate::fork::ForkWhat::Caller,
+                    None | Some(Value::Null) => crate::fork::ForkWhat::Stereo,
+                    Some(Value::String(w)) => crate::fork::ForkWhat::parse(w)
+                        .ok_or_else(|| bad("`what` is one of caller, agent, stereo, mixed"))?,
+                    Some(_) => return Err(bad("`what` is one of caller, agent, stereo, mixed")),
+                };
+                let rate = opt_num(req, "rate", 8000.0, 16000.0)?.map_or(16000, |r| r as u32);
+                if !matches!(rate, 8000 | 16000) {
+                    return Err(bad("`rate` is 8000 or 16000"));
+                }
+                let metadata = req.get("metadata").cloned().unwrap_or(Value::Null);
+                if metadata.to_string().len() > 16 * 1024 {
+                    return Err(bad("`metadata` is at most 16 KiB of JSON"));
+                }
+                Self::ForkStart(Box::new(ForkRequest {
+                    call: call()?,
+                    caller,
+                    agent: name_field(req, "agent")?,
+                    url,
+                    what,
+                    rate,
+                    bot: !matches!(req.get("to"), Some(Value::Bool(false))),
+                    to: match req.get("to") {
+                        Some(Value::Bool(_)) => None,
+                        _ => name_field(req, "to")?,
+                    },
+                    metadata,
+                }))
+            }
+            "fork.stop" => Self::ForkStop {
+                call: call()?,
+                fork: name_field(req, "fork")?,
+            },
+            "analytics.start" => {
+                let update = opt_bool(req, "update_task")?.unwrap_or(false);
+                let task = opt_num(req, "task", 0.0, 9.0e15)?.map(|t| t as u64);
+                if update && task.is_none() {
+                    return Err(bad(
+                        "`update_task` needs `task`: the ACD task id of the call",
+                    ));
+                }
+                Self::AnalyticsStart(AnalyticsRequest {
+                    call: call()?,
+                    caller: name_field(req, "caller")?,
+                    agent: name_field(req, "agent")?,
+                    interval_ms: opt_num(req, "interval_ms", 0.0, 600_000.0)?
+                        .map_or(5000, |i| i as u32),
+                    update_task: if update { task } else { None },
+                    tenant: name_field(req, "tenant")?,
+                })
+            }
+            "analytics.stop" => Self::AnalyticsStop { call: call()? },
             "call.create" => Self::CallCreate {
                 call: name_field(req, "call")?,
             },
@@ -495,7 +620,11 @@ impl MediaRequest {
             | Self::MonitorStop { call, .. }
             | Self::PlayStart { call, .. }
             | Self::PlayStop { call, .. }
-            | Self::DtmfSend { call, .. } => Some(call),
+            | Self::DtmfSend { call, .. }
+            | Self::ForkStop { call, .. }
+            | Self::AnalyticsStop { call } => Some(call),
+            Self::ForkStart(r) => Some(&r.call),
+            Self::AnalyticsStart(r) => Some(&r.call),
         }
     }
 }
@@ -735,6 +864,58 @@ mod tests {
         assert_eq!(back.send, c.send);
         assert_eq!(back.recv_events, Some(EVENTS_PT));
         assert!(parse_remote_sdp("nonsense").is_err());
+    }
+
+    #[test]
+    fn fork_and_analytics_requests() {
+        use crate::fork::ForkWhat;
+        let r =
+            MediaRequest::parse("fork.start", &json!({"call": "c", "url": "ws://h/x"})).unwrap();
+        let MediaRequest::ForkStart(f) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((f.what, f.rate, f.bot), (ForkWhat::Stereo, 16000, true));
+        let r = MediaRequest::parse(
+            "fork.start",
+            &json!({"call": "c", "url": "wss://h/x", "leg": "l1", "rate": 8000, "to": false}),
+        )
+        .unwrap();
+        let MediaRequest::ForkStart(f) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(f.caller.as_deref(), Some("l1"));
+        assert_eq!((f.what, f.rate, f.bot), (ForkWhat::Caller, 8000, false));
+        for bad in [
+            json!({"call": "c"}),
+            json!({"call": "c", "url": "http://h/"}),
+            json!({"call": "c", "url": "ws://h/", "rate": 11025}),
+            json!({"call": "c", "url": "ws://h/", "what": "left"}),
+            json!({"call": "c", "url": "ws://h/", "metadata": {"x": "y".repeat(20_000)}}),
+        ] {
+            assert!(MediaRequest::parse("fork.start", &bad).is_err(), "{bad}");
+        }
+        let r = MediaRequest::parse(
+            "analytics.start",
+            &json!({"call": "c", "update_task": true, "task": 5, "interval_ms": 0}),
+        )
+        .unwrap();
+        let MediaRequest::AnalyticsStart(a) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!((a.update_task, a.interval_ms), (Some(5), 0));
+        assert!(
+            MediaRequest::parse(
+                "analytics.start",
+                &json!({"call": "c", "update_task": true})
+            )
+            .is_err()
+        );
+        assert_eq!(
+            MediaRequest::parse("analytics.stop", &json!({"call": "c"}))
+                .unwrap()
+                .call(),
+            Some("c")
+        );
     }
 
     #[test]

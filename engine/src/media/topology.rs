@@ -10,9 +10,9 @@
 //! leaves the given state untouched: clone the topology before a change to roll it back.
 //!
 //! A call is **relayed** when it has exactly two legs that hear each other both ways, send
-//! the same codec, are neither muted, deaf nor amplified, and no prompt, supervisor or
-//! transcoding request is present. Otherwise it is **mixed**: each member hears the legs of
-//! its row of the hears-matrix. Supervisor modes are rows (see `docs/control-protocol.md`):
+//! the same codec, are neither muted, deaf nor amplified, and no prompt, supervisor,
+//! transcoding request, media fork or analytics is present. Otherwise it is **mixed**: each
+//! member hears the legs of its row of the hears-matrix. Supervisor modes are rows (see `docs/control-protocol.md`):
 //!
 //! | mode | supervisor hears | agent hears | customer hears |
 //! | --- | --- | --- | --- |
@@ -264,6 +264,8 @@ pub struct Topology {
     monitors: Vec<Monitor>,
     prompts: BTreeMap<u32, Option<LegKey>>,
     holds: BTreeSet<u32>,
+    /// Users of the call's decoded audio (media forks, analytics), by name.
+    decoded: BTreeSet<String>,
     transcode: bool,
     max_members: usize,
     given: Given,
@@ -372,6 +374,29 @@ impl Topology {
         if let Some(l) = self.legs.get_mut(&b) {
             l.links.insert(a);
         }
+    }
+
+    /// Takes `key` out of every link, both ways, and out of explicit rows (its own explicit
+    /// row is dropped too); conference membership stays. Returns the legs it was linked
+    /// with or in a row with.
+    pub fn unlink_all(&mut self, key: LegKey) -> Vec<LegKey> {
+        let mut gone = std::collections::BTreeSet::new();
+        if let Some(l) = self.legs.get_mut(&key) {
+            gone.extend(l.links.iter().copied());
+            l.links.clear();
+            if let Some(r) = l.row.take() {
+                gone.extend(r);
+            }
+        }
+        for (k, l) in &mut self.legs {
+            let linked = l.links.remove(&key);
+            let in_row = l.row.as_mut().is_some_and(|r| r.remove(&key));
+            if linked || in_row {
+                gone.insert(*k);
+            }
+        }
+        gone.remove(&key);
+        gone.into_iter().collect()
     }
 
     /// `listener` hears `source` (one way).
@@ -544,6 +569,23 @@ impl Topology {
         self.holds.remove(&id)
     }
 
+    /// Something needs the call's decoded audio (a media fork, conversation analytics): the
+    /// call mixes while any such user is present.
+    pub fn add_decoded_user(&mut self, name: &str) {
+        self.decoded.insert(name.to_owned());
+    }
+
+    /// A user of the decoded audio is gone; returns whether it was known.
+    pub fn remove_decoded_user(&mut self, name: &str) -> bool {
+        self.decoded.remove(name)
+    }
+
+    /// Whether anything needs the call's decoded audio.
+    #[must_use]
+    pub fn needs_decoded(&self) -> bool {
+        !self.decoded.is_empty()
+    }
+
     /// Prompts running, with their target leg.
     pub fn prompts(&self) -> impl Iterator<Item = (u32, Option<LegKey>)> + '_ {
         self.prompts.iter().map(|(k, v)| (*k, *v))
@@ -637,7 +679,8 @@ impl Topology {
         let plain = !self.transcode
             && self.monitors.is_empty()
             && self.prompts.is_empty()
-            && self.holds.is_empty();
+            && self.holds.is_empty()
+            && self.decoded.is_empty();
         let legs: Vec<&Leg> = self.legs.values().collect();
         if plain && legs.len() == 2 {
             let (a, b) = (legs[0], legs[1]);
@@ -922,6 +965,26 @@ mod tests {
         t.remove_prompt(1);
         assert_eq!(t.plan().unwrap(), vec![Change::Relay { a: 10, b: 12 }]);
         assert!(!t.is_mixing());
+    }
+
+    #[test]
+    fn forks_and_analytics_keep_a_call_mixing() {
+        let mut t = Topology::new(500);
+        t.add_leg(pcmu("a", 10, true)).unwrap();
+        t.add_leg(pcmu("b", 12, true)).unwrap();
+        let _ = t.plan().unwrap();
+        t.add_decoded_user("fork:fork-1");
+        t.add_decoded_user("analytics");
+        assert!(t.needs_decoded());
+        assert!(matches!(&t.plan().unwrap()[0], Change::SetLegs(l) if l.len() == 2));
+        assert!(t.is_mixing());
+        assert!(t.remove_decoded_user("fork:fork-1"));
+        assert!(!t.remove_decoded_user("fork:fork-1"));
+        assert_eq!(t.plan().unwrap(), vec![]);
+        assert!(t.is_mixing());
+        t.remove_decoded_user("analytics");
+        assert!(!t.needs_decoded());
+        assert_eq!(t.plan().unwrap(), vec![Change::Relay { a: 10, b: 12 }]);
     }
 
     #[test]

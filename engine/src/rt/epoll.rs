@@ -425,6 +425,11 @@ impl Driver for EpollDriver {
     }
 
     fn deregister(&mut self, token: PortToken) -> io::Result<()> {
+        drop(self.take(token)?);
+        Ok(())
+    }
+
+    fn take(&mut self, token: PortToken) -> io::Result<UdpSocket> {
         if self.live_slot(token).is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -435,13 +440,13 @@ impl Driver for EpollDriver {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: both descriptors are open (the socket until `take` below); `ev` is ignored.
         unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_DEL, slot.fd, &mut ev) };
-        drop(slot.socket.take());
+        let socket = slot.socket.take();
         slot.fd = -1;
         slot.local = None;
         slot.generation = (slot.generation + 1) & PortToken::GENERATION_MASK;
         self.free_slots.push(token.slot());
         self.stats.ports -= 1;
-        Ok(())
+        socket.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "port has no socket"))
     }
 
     fn local_addr(&self, token: PortToken) -> Option<SocketAddr> {
@@ -528,5 +533,40 @@ mod tests {
         assert_eq!(timeout_ms(Some(Duration::ZERO)), 0);
         assert_eq!(timeout_ms(Some(Duration::from_micros(1))), 1);
         assert_eq!(timeout_ms(Some(Duration::from_millis(20))), 20);
+    }
+
+    #[test]
+    fn take_hands_a_socket_to_another_driver() {
+        let mut old = EpollDriver::new(&DriverOptions::default()).unwrap();
+        let mut new = EpollDriver::new(&DriverOptions::default()).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let token = old.register(socket).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = old.take(token).unwrap();
+        assert_eq!(taken.local_addr().unwrap(), local);
+        assert!(old.take(token).is_err(), "a taken token is stale");
+        assert!(old.local_addr(token).is_none());
+        // Sent while the socket moves: queued in the kernel for its next owner.
+        peer.send_to(b"while moving", local).unwrap();
+        let moved = new.register(taken).unwrap();
+        assert_eq!(new.local_addr(moved), Some(local));
+        peer.send_to(b"after", local).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            // The old driver reaps its cancellation and must deliver nothing.
+            old.poll(Some(Duration::from_millis(1)), |_, _| {
+                panic!("delivered after take")
+            })
+            .unwrap();
+            new.poll(Some(Duration::from_millis(10)), |d, _| {
+                got.push(d.data.to_vec())
+            })
+            .unwrap();
+            if got.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(got, vec![b"while moving".to_vec(), b"after".to_vec()]);
     }
 }

@@ -305,6 +305,17 @@ pub trait Driver {
     /// are dropped and counted. A stale or unknown token is `NotFound`.
     fn deregister(&mut self, token: PortToken) -> io::Result<()>;
 
+    /// Stops delivery for `token` at once, like [`deregister`](Self::deregister), but hands
+    /// the socket back instead of closing it, so another driver (another worker) can
+    /// register it with the same local port. Datagrams the kernel queued on the socket and
+    /// not yet delivered stay queued for its next owner. Sends still queued for `token` are
+    /// dropped and counted. A stale or unknown token is `NotFound`.
+    ///
+    /// io_uring: the driver keeps its own descriptor until the kernel has confirmed the
+    /// cancellation of the socket's multishot receive and returns a duplicate (`dup`) of it:
+    /// the same socket, which stays open as long as either descriptor does.
+    fn take(&mut self, token: PortToken) -> io::Result<UdpSocket>;
+
     /// The local address of a registered port.
     fn local_addr(&self, token: PortToken) -> Option<SocketAddr>;
 
@@ -373,6 +384,10 @@ impl Driver for AnyDriver {
 
     fn deregister(&mut self, token: PortToken) -> io::Result<()> {
         dispatch!(self, d => d.deregister(token))
+    }
+
+    fn take(&mut self, token: PortToken) -> io::Result<UdpSocket> {
+        dispatch!(self, d => d.take(token))
     }
 
     fn local_addr(&self, token: PortToken) -> Option<SocketAddr> {

@@ -796,6 +796,24 @@ impl Driver for UringDriver {
         Ok(())
     }
 
+    fn take(&mut self, token: PortToken) -> io::Result<UdpSocket> {
+        // The multishot receive holds the driver's descriptor until the kernel confirms its
+        // cancellation; the caller gets a duplicate of it (the same socket). The driver's
+        // descriptor is closed in `maybe_close` once the receive has ended, which leaves the
+        // socket open through the duplicate.
+        let dup = self
+            .active_slot(token)
+            .and_then(|s| s.socket.as_ref())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "unknown or stale port token"))?
+            .try_clone()?;
+        self.deregister(token)?;
+        // Submit the cancellation now rather than at the next poll, so the old receive stops
+        // competing with the socket's next owner for datagrams at once (if the kernel is
+        // busy, the next poll submits it).
+        let _ = self.ring.submit();
+        Ok(dup)
+    }
+
     fn local_addr(&self, token: PortToken) -> Option<SocketAddr> {
         self.active_slot(token).and_then(|s| s.local)
     }
@@ -930,5 +948,43 @@ mod tests {
     #[test]
     fn kernel_version_is_readable_here() {
         assert!(kernel_version().is_some());
+    }
+
+    #[test]
+    fn take_hands_a_socket_to_another_driver() {
+        let Ok(mut old) = UringDriver::new(&DriverOptions::default()) else {
+            eprintln!("io_uring refused here; take not tested");
+            return;
+        };
+        let mut new = UringDriver::new(&DriverOptions::default()).unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let local = socket.local_addr().unwrap();
+        let token = old.register(socket).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let taken = old.take(token).unwrap();
+        assert_eq!(taken.local_addr().unwrap(), local);
+        assert!(old.take(token).is_err(), "a taken token is stale");
+        assert!(old.local_addr(token).is_none());
+        // Sent while the socket moves: queued in the kernel for its next owner.
+        peer.send_to(b"while moving", local).unwrap();
+        let moved = new.register(taken).unwrap();
+        assert_eq!(new.local_addr(moved), Some(local));
+        peer.send_to(b"after", local).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            // The old driver reaps its cancellation and must deliver nothing.
+            old.poll(Some(Duration::from_millis(1)), |_, _| {
+                panic!("delivered after take")
+            })
+            .unwrap();
+            new.poll(Some(Duration::from_millis(10)), |d, _| {
+                got.push(d.data.to_vec())
+            })
+            .unwrap();
+            if got.len() == 2 {
+                break;
+            }
+        }
+        assert_eq!(got, vec![b"while moving".to_vec(), b"after".to_vec()]);
     }
 }

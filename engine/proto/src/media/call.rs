@@ -191,6 +191,9 @@ struct Member {
     prompt: Option<Prompt>,
     /// The leg whose encoder fed this member in the previous frame.
     prev_encoder: LegId,
+    /// Audio injected for the next frame only (bot speech), mixed into what the leg hears.
+    injected: Vec<i16>,
+    inject_on: bool,
 }
 
 /// A group of listeners sharing one mix (and, for ptime 20, one encoding).
@@ -369,7 +372,8 @@ impl MediaCall {
             .max(self.config.loudest)
             .max(8)
             .min(n.max(1));
-        let want = n.saturating_mul(per).min(1 << 22);
+        // One set per listener plus the talkers list at the head (`build_groups`).
+        let want = n.saturating_add(1).saturating_mul(per).min(1 << 22);
         if self.arena.capacity() < want {
             self.arena.reserve(want - self.arena.len());
         }
@@ -421,6 +425,8 @@ impl MediaCall {
             let _ = m.input.set_mix_rate(rate);
             let _ = m.output.set_mix_rate(rate);
             m.frame.resize(f, 0);
+            m.injected.resize(f, 0);
+            m.inject_on = false;
             m.vad = VoiceActivity::new(VadConfig::new(rate)).ok();
             m.detector = if inband && m.config.recv_events.is_none() {
                 DtmfDetector::new(rate).ok()
@@ -438,23 +444,28 @@ impl MediaCall {
         self.resize_scratch();
     }
 
-    fn rebuild_hears(&mut self) {
+    /// Updates every row after `swap_remove(removed)` of leg `leg`: the member that was last
+    /// (index `n`, the new length) now sits at `removed`. Rows stay sorted; O(row) each,
+    /// without lookups.
+    fn remap_hears_after_remove(&mut self, leg: LegId, removed: usize) {
         let n = self.members.len();
-        for i in 0..n {
-            let mut idx = std::mem::take(&mut self.members[i].hears_idx);
-            idx.clear();
-            for leg in &self.members[i].hears {
-                if let Some(&j) = self.index.get(leg) {
-                    if j != i {
-                        idx.push(j as u32);
-                    }
+        let (removed, moved) = (removed as u32, n as u32);
+        for m in &mut self.members {
+            if let Ok(p) = m.hears.binary_search(&leg) {
+                m.hears.remove(p);
+            }
+            let idx = &mut m.hears_idx;
+            if let Ok(p) = idx.binary_search(&removed) {
+                idx.remove(p);
+            }
+            // `moved` is the largest old index: the row's last entry when it hears it.
+            if removed != moved && idx.last() == Some(&moved) {
+                idx.pop();
+                if let Err(p) = idx.binary_search(&removed) {
+                    idx.insert(p, removed);
                 }
             }
-            idx.sort_unstable();
-            idx.dedup();
-            let m = &mut self.members[i];
             m.hears_all = n > 1 && idx.len() == n - 1;
-            m.hears_idx = idx;
         }
     }
 
@@ -534,12 +545,17 @@ impl MediaCall {
             tone: None,
             prompt: None,
             prev_encoder: leg,
+            injected: vec![0; f],
+            inject_on: false,
             config,
         };
         self.index.insert(leg, self.members.len());
         self.members.push(member);
         self.resize_scratch();
-        self.rebuild_hears();
+        // Nobody hears the new member yet: no other row changes, but none hears all now.
+        for m in &mut self.members {
+            m.hears_all = false;
+        }
         Ok(())
     }
 
@@ -607,9 +623,7 @@ impl MediaCall {
         if let Some(moved) = self.members.get(i) {
             self.index.insert(moved.leg, i);
         }
-        for other in &mut self.members {
-            other.hears.retain(|l| *l != leg);
-        }
+        self.remap_hears_after_remove(leg, i);
         if let Some(p) = m.prompt.as_ref() {
             self.push_event(MediaEvent::PlayDone {
                 id: p.id,
@@ -617,7 +631,6 @@ impl MediaCall {
             });
         }
         self.resize_scratch();
-        self.rebuild_hears();
         let rate = self.wanted_rate(None, None);
         self.set_mix_rate(rate);
         Some(m.output.seed(self.now))
@@ -657,15 +670,29 @@ impl MediaCall {
         if speakers.len() > self.config.max_members.max(1) * 2 {
             return Err(MediaError::Invalid("hears list"));
         }
-        let mut hears: Vec<LegId> = speakers
-            .iter()
-            .copied()
-            .filter(|l| *l != listener && self.index.contains_key(l))
-            .collect();
+        // Only this row changes: O(k log k) for k speakers, one lookup each.
+        let mut hears = std::mem::take(&mut self.members[i].hears);
+        let mut idx = std::mem::take(&mut self.members[i].hears_idx);
+        hears.clear();
+        idx.clear();
+        for &l in speakers {
+            if l == listener {
+                continue;
+            }
+            if let Some(&j) = self.index.get(&l) {
+                hears.push(l);
+                idx.push(j as u32);
+            }
+        }
         hears.sort_unstable();
         hears.dedup();
-        self.members[i].hears = hears;
-        self.rebuild_hears();
+        idx.sort_unstable();
+        idx.dedup();
+        let n = self.members.len();
+        let m = &mut self.members[i];
+        m.hears_all = n > 1 && idx.len() == n - 1;
+        m.hears = hears;
+        m.hears_idx = idx;
         Ok(())
     }
 
@@ -727,8 +754,8 @@ impl MediaCall {
     ///
     /// # Errors
     ///
-    /// [`DropReason::UnknownLeg`], the parse error's reason, [`DropReason::Blocked`] for a
-    /// payload type the leg did not negotiate, [`DropReason::DtmfBlocked`] for an event
+    /// [`DropReason::UnknownLeg`], the parse error's reason,
+    /// [`DropReason::UnknownPayloadType`] for a payload type the leg did not negotiate, [`DropReason::DtmfBlocked`] for an event
     /// packet of a leg whose DTMF is blocked (its digits are still reported as events, but
     /// passed on to nobody).
     pub fn push_rtp(&mut self, now: Micros, leg: LegId, data: &[u8]) -> Result<(), DropReason> {
@@ -760,7 +787,7 @@ impl MediaCall {
             let _ = m.input.push(now, &packet);
             Ok(())
         } else {
-            Err(DropReason::Blocked)
+            Err(DropReason::UnknownPayloadType)
         }
     }
 
@@ -1042,6 +1069,45 @@ impl MediaCall {
         self.index.get(&leg).map(|&i| self.members[i].input.stats())
     }
 
+    /// Samples in one 20 ms frame at the mixing rate.
+    #[must_use]
+    pub fn frame_len(&self) -> usize {
+        self.frame_samples()
+    }
+
+    /// The leg's decoded input of the last [`tick`](Self::tick): one frame at the mixing rate
+    /// (zeros for silence, after the leg's gain), until the next tick.
+    #[must_use]
+    pub fn input_frame(&self, leg: LegId) -> Option<&[i16]> {
+        self.index
+            .get(&leg)
+            .map(|&i| self.members[i].frame.as_slice())
+    }
+
+    /// What the leg's input of the last [`tick`](Self::tick) was: decoded audio,
+    /// concealment (a lost packet, or the tail after the sender stopped) or silence.
+    #[must_use]
+    pub fn input_kind(&self, leg: LegId) -> Option<FrameKind> {
+        self.index.get(&leg).map(|&i| self.members[i].kind)
+    }
+
+    /// Mixes `samples` (one frame at the mixing rate; shorter is padded with silence, longer
+    /// cut) into what `leg` hears in the next [`tick`](Self::tick) only: audio injected from
+    /// outside the call, such as a voice bot's speech. No allocation.
+    ///
+    /// # Errors
+    ///
+    /// [`MediaError::UnknownLeg`].
+    pub fn inject(&mut self, leg: LegId, samples: &[i16]) -> Result<(), MediaError> {
+        let i = self.member_index(leg)?;
+        let m = &mut self.members[i];
+        let n = samples.len().min(m.injected.len());
+        m.injected[..n].copy_from_slice(&samples[..n]);
+        m.injected[n..].fill(0);
+        m.inject_on = true;
+        Ok(())
+    }
+
     /// Whether the leg is talking (voice activity with hang-over).
     #[must_use]
     pub fn is_talking(&self, leg: LegId) -> bool {
@@ -1160,12 +1226,21 @@ impl MediaCall {
             || m.prompt.is_some()
             || m.tone.is_some()
             || !m.tone_queue.is_empty()
+            || m.inject_on
     }
 
     fn build_groups(&mut self) {
         let n = self.members.len();
         self.arena.clear();
         self.groups.clear();
+        // The selected talkers, ascending, head the arena: at most `loudest` in a large
+        // room, so a listener's set costs O(talkers), not O(members).
+        for (j, &s) in self.selected.iter().enumerate().take(n) {
+            if s {
+                self.arena.push(j as u32);
+            }
+        }
+        let talkers = self.arena.len();
         let call_sound = self.call_prompt.is_some();
         for l in 0..n {
             let start = self.arena.len() as u32;
@@ -1173,9 +1248,17 @@ impl MediaCall {
                 let m = &self.members[l];
                 if !m.deaf {
                     if m.hears_all {
-                        for j in 0..n {
-                            if j != l && self.selected[j] {
-                                self.arena.push(j as u32);
+                        for t in 0..talkers {
+                            let j = self.arena[t];
+                            if j as usize != l {
+                                self.arena.push(j);
+                            }
+                        }
+                    } else if talkers < m.hears_idx.len() {
+                        for t in 0..talkers {
+                            let j = self.arena[t];
+                            if m.hears_idx.binary_search(&j).is_ok() {
+                                self.arena.push(j);
                             }
                         }
                     } else {
@@ -1307,6 +1390,10 @@ impl MediaCall {
                         }
                     }
                 }
+                if m.inject_on {
+                    mixer::add(&mut self.mix, &m.injected);
+                    m.inject_on = false;
+                }
                 if let Some(t) = m.tone.as_mut() {
                     t.generator.fill(&mut self.scratch16);
                     mixer::add(&mut self.mix, &self.scratch16);
@@ -1346,5 +1433,75 @@ impl MediaCall {
         }
         self.stats.encodes = encodes;
         self.stats.packets_sent += packets;
+    }
+}
+
+#[cfg(test)]
+mod hears_tests {
+    use super::*;
+
+    fn cfg() -> MediaLegConfig {
+        MediaLegConfig {
+            recv: vec![CodecSpec::new(CodecKind::Pcmu)],
+            send: CodecSpec::new(CodecKind::Pcmu),
+            recv_events: Some(101),
+            send_events: Some(101),
+            ptime_ms: 20,
+        }
+    }
+
+    /// Every row's indices and `hears_all` as a full rebuild from the legs would give them.
+    fn check_rows(call: &MediaCall) {
+        let n = call.members.len();
+        for (i, m) in call.members.iter().enumerate() {
+            assert!(m.hears.windows(2).all(|w| w[0] < w[1]), "row {i} sorted");
+            let mut want: Vec<u32> = m
+                .hears
+                .iter()
+                .filter_map(|l| call.index.get(l).map(|&j| j as u32))
+                .filter(|&j| j as usize != i)
+                .collect();
+            want.sort_unstable();
+            assert_eq!(m.hears_idx, want, "row {i}");
+            assert_eq!(m.hears.len(), want.len(), "row {i}: no stale legs");
+            assert_eq!(m.hears_all, n > 1 && want.len() == n - 1, "row {i}");
+        }
+    }
+
+    /// Incremental row updates on add, remove and set_hears match a full rebuild.
+    #[test]
+    fn hears_rows_stay_consistent() {
+        let mut call = MediaCall::new(MediaCallConfig::default());
+        let mut seed = 0x2545_F491_u64;
+        let mut next = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for _ in 0..3000 {
+            let l = LegId::from_raw(next(24) as u32 + 1);
+            match next(10) {
+                0..=2 => {
+                    let _ = call.add_leg(Micros::ZERO, l, cfg(), None);
+                }
+                3 => {
+                    call.remove_leg(l);
+                }
+                4 => {
+                    // Everyone else.
+                    let all: Vec<LegId> = call.legs().collect();
+                    let _ = call.set_hears(l, &all);
+                }
+                _ => {
+                    let k = next(30) as usize;
+                    let v: Vec<LegId> = (0..k)
+                        .map(|_| LegId::from_raw(next(26) as u32 + 1))
+                        .collect();
+                    let _ = call.set_hears(l, &v);
+                }
+            }
+            check_rows(&call);
+        }
     }
 }

@@ -19,7 +19,7 @@ pub mod output;
 pub mod play;
 
 pub use call::{MediaCall, MediaCallConfig, MediaStats};
-pub use input::{InputConfig, InputStats, LegInput};
+pub use input::{FrameKind, InputConfig, InputStats, LegInput};
 pub use jitter::{JitterBuffer, JitterConfig};
 pub use output::LegOutput;
 pub use play::{PlayId, PlaySource, PlayTarget, ToneSpec};
