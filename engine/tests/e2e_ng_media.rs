@@ -327,7 +327,7 @@ fn block_dtmf_while_relaying() {
         json!({"command": "block DTMF", "call-id": "d1", "from-tag": "ta"}),
     );
     let mut seq = 1u16;
-    let mut burst = |seq: &mut u16| -> Vec<u8> {
+    let burst = |seq: &mut u16| -> Vec<u8> {
         for i in 0..20 {
             a.send_to(
                 &caller_packet(if i % 2 == 0 { 0 } else { 101 }, *seq),
