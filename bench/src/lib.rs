@@ -12,6 +12,8 @@
 //!   directions streamed, then `delete`.
 //! - [`mix`]: transcode (NG), conference and barge (native protocol): media the target
 //!   re-encodes or mixes.
+//! - [`fork`]: media forks to a WebSocket sink inside the harness (native protocol), with
+//!   and without conversation analytics.
 //! - [`probe`]: the kernel's own cost per packet: a minimal recvmmsg/sendmmsg reflector.
 //! - [`ramp`]: `--ramp`, load raised step by step to find the capacity.
 //! - [`media`]: real speech (`--media` WAV or espeak-ng) pre-encoded per codec.
@@ -29,6 +31,7 @@ pub mod acd;
 pub mod chart;
 pub mod cli;
 pub mod doc;
+pub mod fork;
 pub mod media;
 pub mod mix;
 pub mod native;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use switchboard_bench::acd::{self, AcdArgs};
 use switchboard_bench::cli::{OutputArgs, Progress};
 use switchboard_bench::doc::{self, DocArgs};
+use switchboard_bench::fork::{self, ForkArgs};
 use switchboard_bench::mix::{self, BargeArgs, ConferenceArgs, TranscodeArgs};
 use switchboard_bench::probe::{self, ProbeArgs};
 use switchboard_bench::relay::{self, RelayArgs};
@@ -37,6 +38,9 @@ enum Scenario {
     /// The relay scenario against one target without and then with every call recorded
     /// (A: plain, B: recorded), in alternation.
     Record(RelayArgs),
+    /// Two-party calls, each streamed to a WebSocket sink in the harness (native
+    /// `fork.start`); `--analytics` adds conversation analytics (A: without, B: with).
+    Fork(ForkArgs),
     /// The ACD router in virtual time, against Erlang C (and Erlang A with patience).
     Acd(AcdArgs),
     /// The limits of this machine: CPU per packet of a minimal recvmmsg/sendmmsg reflector.
@@ -63,6 +67,14 @@ fn run(scenario: &Scenario, progress: Progress) -> anyhow::Result<Outcome> {
         Scenario::Conference(args) => Ok(plain(mix::run_conference(args, progress)?)),
         Scenario::Barge(args) => Ok(plain(mix::run_barge(args, progress)?)),
         Scenario::Record(args) => Ok(plain(relay::run_record(args, progress)?)),
+        Scenario::Fork(args) => {
+            let outcome = fork::run(args, progress)?;
+            let text = outcome.text();
+            Ok(Outcome {
+                report: outcome.report,
+                text: Some(text),
+            })
+        }
         Scenario::Acd(args) => {
             let result = acd::run(args.clone())?;
             let settings = serde_json::json!({

@@ -1,7 +1,8 @@
 //! Scenarios whose media the target re-encodes, so packets carry no probe: `transcode`
 //! (NG offer/answer with `codec: {mask, transcode}`), `conference` (N members of a mixed
 //! call over the native protocol, K of them speaking) and `barge` (customer, agent and a
-//! supervisor who barges in, over the native protocol).
+//! supervisor who barges in, over the native protocol). The calls of `fork` (two parties and
+//! a media fork each, see [`crate::fork`]) are set up and measured here too.
 //!
 //! Every party is an *endpoint*: one socket of the harness, what it sends (pre-encoded speech
 //! frames of its codec, see [`crate::media`]) and what it receives. Endpoints of one call live
@@ -154,6 +155,15 @@ pub enum Kind {
     },
     /// Native three-party barge.
     Barge,
+    /// Native two-party calls, each with a media fork to the harness's WebSocket sink.
+    Fork {
+        /// What the fork streams.
+        what: crate::fork::What,
+        /// Sample rate of the forked L16 audio.
+        rate: u32,
+        /// Whether the sink sends bot audio back (played to the caller).
+        bot_audio: bool,
+    },
 }
 
 impl Kind {
@@ -162,6 +172,7 @@ impl Kind {
             Kind::Transcode { .. } => "transcode",
             Kind::Conference { .. } => "conference",
             Kind::Barge => "barge",
+            Kind::Fork { .. } => "fork",
         }
     }
 
@@ -175,6 +186,7 @@ impl Kind {
             Kind::Transcode { .. } => 2,
             Kind::Conference { members, .. } => members,
             Kind::Barge => 3,
+            Kind::Fork { .. } => 2,
         }
     }
 }
@@ -204,9 +216,9 @@ pub struct MixSettings {
 
 /// A validated run.
 #[derive(Debug, Clone)]
-struct MixConfig {
-    settings: MixSettings,
-    targets: Vec<Target>,
+pub(crate) struct MixConfig {
+    pub(crate) settings: MixSettings,
+    pub(crate) targets: Vec<Target>,
     duration_ns: u64,
     ramp_up_ns: u64,
     /// Pre-encoded speech per codec.
@@ -215,10 +227,12 @@ struct MixConfig {
     opus: Arc<Frames>,
     /// Transcode between G.711 codecs: (A→B, B→A) expected outputs.
     matchers: (Option<Arc<Matcher>>, Option<Arc<Matcher>>),
+    /// `fork`: where the forks stream to.
+    pub(crate) fork: Option<crate::fork::ForkPlan>,
 }
 
 impl MixConfig {
-    fn new(common: &MixArgs, kind: Kind) -> Result<Self> {
+    pub(crate) fn new(common: &MixArgs, kind: Kind) -> Result<Self> {
         let targets = common.target.targets()?;
         if !(1..=MAX_CALLS).contains(&common.calls) {
             bail!("--calls must be between 1 and {MAX_CALLS}");
@@ -306,6 +320,7 @@ impl MixConfig {
             pcma,
             opus,
             matchers,
+            fork: None,
         })
     }
 
@@ -373,7 +388,7 @@ fn run(common: &MixArgs, kind: Kind, progress: Progress) -> Result<Report> {
                 let mut step = config.clone();
                 step.settings.calls = calls;
                 step.settings.threads = step.settings.threads.min(calls as usize).max(1);
-                let m = run_once(&step, target, 1, progress)?;
+                let m = run_once(&step, target, 1, progress, false)?;
                 report.runs.push(RunReport {
                     label: target.label.to_string(),
                     round: calls,
@@ -403,7 +418,7 @@ fn run(common: &MixArgs, kind: Kind, progress: Progress) -> Result<Report> {
                 if round > 1 || i > 0 {
                     sleep_interruptible(Duration::from_secs(1))?;
                 }
-                let m = run_once(&config, target, round, progress)?;
+                let m = run_once(&config, target, round, progress, false)?;
                 report.runs.push(RunReport {
                     label: target.label.to_string(),
                     round,
@@ -631,6 +646,7 @@ fn set_up_call(
     call: usize,
     tag: &str,
     handles: &mut Vec<Handle>,
+    analytics: bool,
 ) -> Result<Vec<PartySpec>> {
     let ip = config.settings.local_ip;
     let check = |addr: SocketAddr| -> Result<SocketAddr> {
@@ -745,6 +761,69 @@ fn set_up_call(
             )?;
             Ok(parties)
         }
+        (
+            Kind::Fork {
+                what,
+                rate,
+                bot_audio,
+            },
+            Control::Native(n),
+        ) => {
+            let Some(plan) = &config.fork else {
+                bail!("internal: fork scenario without a sink");
+            };
+            let id = n.call_create(Some(&format!("sbl-{tag}-{call}")))?;
+            handles.push(Handle::Native(id.clone()));
+            let mut parties = Vec::with_capacity(2);
+            let mut legs = Vec::with_capacity(2);
+            for _ in 0..2 {
+                let socket = party_socket(ip)?;
+                let (leg, local) =
+                    n.leg_create(&id, &["PCMU"], socket.local_addr()?, Some(json!("all")))?;
+                let local = check(local)?;
+                legs.push(leg);
+                parties.push(PartySpec {
+                    socket,
+                    tx: Some((local, config.pcmu.clone(), 0)),
+                    rx_codec: Codec::Pcmu,
+                    peer: None,
+                    matcher: None,
+                });
+            }
+            let to = if bot_audio {
+                json!(legs[0])
+            } else {
+                json!(false)
+            };
+            let reply = n.request(
+                "fork.start",
+                json!({
+                    "call": id,
+                    "url": plan.url,
+                    "what": what.wire(),
+                    "caller": legs[0],
+                    "agent": legs[1],
+                    "rate": rate,
+                    "to": to,
+                    "metadata": {"load": "switchboard-load", "call": call},
+                }),
+            )?;
+            if reply.get("fork").is_none() {
+                bail!("fork.start reply has no `fork`: {reply:?}");
+            }
+            if analytics {
+                n.request(
+                    "analytics.start",
+                    json!({
+                        "call": id,
+                        "caller": legs[0],
+                        "agent": legs[1],
+                        "interval_ms": 0,
+                    }),
+                )?;
+            }
+            Ok(parties)
+        }
         _ => bail!("internal: scenario and control protocol do not match"),
     }
 }
@@ -773,11 +852,13 @@ fn tear_down(control: &mut Control, handles: &[Handle]) -> (u64, u64) {
     (deleted, failed)
 }
 
-fn run_once(
+/// One run against one target (`analytics`: `fork` also starts analytics per call).
+pub(crate) fn run_once(
     config: &MixConfig,
     target: &Target,
     round: u32,
     progress: Progress,
+    analytics: bool,
 ) -> Result<Measurement> {
     let s = &config.settings;
     let kind = s.scenario;
@@ -815,7 +896,7 @@ fn run_once(
         let r = if sys::is_interrupted() {
             Err(Interrupted.into())
         } else {
-            set_up_call(config, &mut control, call, &tag, &mut handles)
+            set_up_call(config, &mut control, call, &tag, &mut handles, analytics)
         };
         match r {
             Ok(p) => specs.push(p),
@@ -841,6 +922,9 @@ fn run_once(
         window_end,
         drain_end: window_end + DRAIN_NS,
     };
+    if let Some(plan) = &config.fork {
+        plan.sink.set_window(window_start, window_end);
+    }
     // Endpoints per worker: call c goes to worker c % threads.
     let threads = s.threads.max(1);
     let mut per_worker: Vec<Vec<Endpoint>> = (0..threads).map(|_| Vec::new()).collect();

@@ -211,6 +211,13 @@ pub struct DtmfDetector {
     low: [Filter; 4],
     high: [Filter; 4],
     harmonic: [Filter; 4],
+    /// `2 cos ω` of the low then the high filters, for the single-precision screening pass.
+    coef32: [f32; 8],
+    /// The window in single precision.
+    window32: Vec<f32>,
+    /// Per low then high filter: a lower bound of the gain correction [`Self::tone`] can
+    /// apply (the window's response at the largest accepted frequency deviation).
+    gain_floor: [f64; 8],
     /// The last N + 1 samples (the shifted window needs one more).
     buf: Vec<f64>,
     filled: usize,
@@ -277,6 +284,12 @@ impl DtmfDetector {
         let window_sum = window.iter().sum();
         let window_sq_sum = window.iter().map(|w| w * w).sum();
         let filters = |hz: [f64; 4], k: f64| hz.map(|f| Filter::new(f * k, rate));
+        let (low, high) = (filters(LOW, 1.0), filters(HIGH, 1.0));
+        let mut coef32 = [0.0f32; 8];
+        for (c, f) in coef32.iter_mut().zip(low.iter().chain(&high)) {
+            *c = (2.0 * f.cos) as f32;
+        }
+        let window32 = window.iter().map(|&w| w as f32).collect();
         Ok(Self {
             sample_rate,
             config,
@@ -285,9 +298,12 @@ impl DtmfDetector {
             window,
             window_sum,
             window_sq_sum,
-            low: filters(LOW, 1.0),
-            high: filters(HIGH, 1.0),
+            low,
+            high,
             harmonic: filters(HIGH, 2.0),
+            coef32,
+            window32,
+            gain_floor: [0.25; 8],
             buf: vec![0.0; len + 1],
             filled: 0,
             buf_start: 0,
@@ -296,7 +312,26 @@ impl DtmfDetector {
             reverse_twist: db_to_ratio(config.reverse_twist_db),
             harmonic_ratio: db_to_ratio(config.max_second_harmonic_db),
             tracker: Tracker::new(),
-        })
+        }
+        .with_gain_floors())
+    }
+
+    /// Fills [`Self::gain_floor`]. Within the main lobe (up to 4π/(N+1) for this window)
+    /// the window's response falls monotonically with the offset, so its value at the
+    /// largest accepted offset bounds it from below; beyond, only the 0.25 clamp of
+    /// [`Self::tone`] holds.
+    fn with_gain_floors(mut self) -> Self {
+        let null = 2.0 * std::f64::consts::TAU / (self.len + 1) as f64;
+        let dev = f64::from(self.config.max_frequency_deviation);
+        let mut floors = [0.25f64; 8];
+        for (g, f) in floors.iter_mut().zip(self.low.iter().chain(&self.high)) {
+            let delta = dev * f.omega;
+            if delta < 0.8 * null {
+                *g = (self.window_gain(delta) * 0.99).max(0.25);
+            }
+        }
+        self.gain_floor = floors;
+        self
     }
 
     /// The sample rate in Hz.
@@ -405,8 +440,17 @@ impl DtmfDetector {
         let n = self.len;
         let x = &self.buf[..n];
         let shifted = &self.buf[1..=n];
-        let w = &self.window[..];
+        let weighted = self.energy_gate(x)?;
+        if !self.may_pass(x, weighted) {
+            return None;
+        }
+        self.classify(x, shifted, weighted)
+    }
 
+    /// The level and steadiness checks: the window's weighted energy if it passes them.
+    fn energy_gate(&self, x: &[f64]) -> Option<f64> {
+        let n = self.len;
+        let w = &self.window[..];
         let half = n / 2;
         let energy = |s: &[f64]| s.iter().map(|v| v * v).sum::<f64>();
         let (first, second) = (energy(&x[..half]), energy(&x[half..]));
@@ -419,7 +463,13 @@ impl DtmfDetector {
         if first.min(second) < MIN_HALF_ENERGY_RATIO * first.max(second) {
             return None;
         }
+        Some(weighted)
+    }
 
+    /// The exact checks (frequency, level, twist, tone energy, harmonic) of a window that
+    /// passed [`Self::energy_gate`].
+    fn classify(&self, x: &[f64], shifted: &[f64], weighted: f64) -> Option<char> {
+        let w = &self.window[..];
         let strongest = |filters: &[Filter; 4]| {
             let mut best = (0usize, 0.0f64, (0.0, 0.0));
             for (i, f) in filters.iter().enumerate() {
@@ -454,6 +504,52 @@ impl DtmfDetector {
             }
         }
         Some(KEYS[li][hi])
+    }
+
+    /// Screening of a window that passed the energy checks: one single-precision pass with
+    /// the eight Goertzel filters side by side bounds from above the tone amplitudes the
+    /// exact checks can find, and rejects the window when even those bounds fail the level
+    /// or the tone-energy check (speech, noise: nearly every window that is not a digit).
+    /// Never rejects a window the exact checks would pass: the bounds allow for rounding
+    /// with a wide margin.
+    fn may_pass(&self, x: &[f64], weighted: f64) -> bool {
+        // The rounding bound below is checked for windows of up to 612 samples (48 kHz).
+        if self.len > 640 {
+            return true;
+        }
+        let c = self.coef32;
+        let (mut s1, mut s2) = ([0.0f32; 8], [0.0f32; 8]);
+        let mut abs_sum = 0.0f32;
+        for (&v, &wn) in x.iter().zip(&self.window32) {
+            let v = v as f32 * wn;
+            abs_sum += v.abs();
+            for k in 0..8 {
+                let s = v + c[k] * s1[k] - s2[k];
+                s2[k] = s1[k];
+                s1[k] = s;
+            }
+        }
+        // |y|² = s1² + s2² − 2cos ω · s1·s2.
+        let mut peak = [0.0f64; 2];
+        for k in 0..8 {
+            let (a, b) = (f64::from(s1[k]), f64::from(s2[k]));
+            let p = (a * a + b * b - f64::from(c[k]) * a * b).max(0.0);
+            peak[k / 4] = peak[k / 4].max(p);
+        }
+        // Rounding in single precision: at most about N·ε/sin²ω of Σ|x·w| (≥ |y|), below
+        // 0.5 % at 48 kHz (N = 612, ω ≥ 0.09); 2 % leaves a wide margin.
+        let margin = 0.02 * f64::from(abs_sum);
+        let bound = |p: f64, floors: &[f64]| {
+            let floor = floors.iter().copied().fold(f64::INFINITY, f64::min);
+            2.0 * (p.sqrt() + margin) / self.window_sum / floor
+        };
+        let low = bound(peak[0], &self.gain_floor[..4]);
+        let high = bound(peak[1], &self.gain_floor[4..]);
+        if low < self.min_amplitude || high < self.min_amplitude {
+            return false;
+        }
+        let tone_power = (low * low + high * high) / 2.0 * self.window_sq_sum;
+        tone_power >= f64::from(self.config.min_tone_energy_ratio) * weighted
     }
 
     /// Amplitude of a sine from its windowed DFT value.
@@ -802,6 +898,85 @@ mod tests {
             }
             assert_eq!(digits(rate, &pcm), "", "rate {rate}");
         }
+    }
+
+    /// The single-precision screening never rejects a window the exact checks pass, and
+    /// rejects nearly all speech windows.
+    #[test]
+    fn dtmf_screening_is_conservative() {
+        for rate in [8000, 16000, 48000] {
+            let mut signals: Vec<Vec<i16>> = Vec::new();
+            for d in DIGITS.chars() {
+                signals.push(digit(rate, d, 60));
+            }
+            for (i, dev) in [-0.03f32, -0.02, -0.015, 0.0, 0.015, 0.02, 0.03]
+                .iter()
+                .enumerate()
+            {
+                for (lo, hi) in [(697.0f32, 1209.0f32), (941.0, 1633.0), (852.0, 1477.0)] {
+                    for lv in [
+                        (-3.0f32, -10.0f32),
+                        (-30.0, -26.5),
+                        (-10.0, -3.0),
+                        (-32.0, -32.0),
+                    ] {
+                        let mut v = dual(rate, (lo * (1.0 + dev), hi * (1.0 - dev)), lv, 40);
+                        add_noise(&mut v, 15.0 + i as f64, i as u64 + 7);
+                        signals.push(v);
+                    }
+                }
+            }
+            let det = DtmfDetector::new(rate).unwrap();
+            let n = det.len;
+            let (mut passed, mut screened_speech, mut speech) = (0, 0, 0);
+            for v in &signals {
+                let x: Vec<f64> = v.iter().map(|&s| f64::from(s)).collect();
+                for start in (0..x.len().saturating_sub(n + 1)).step_by(det.hop / 3 + 1) {
+                    let win = &x[start..=start + n];
+                    if let Some(wt) = det.energy_gate(&win[..n]) {
+                        if det.classify(&win[..n], &win[1..], wt).is_some() {
+                            passed += 1;
+                            assert!(det.may_pass(&win[..n], wt), "rate {rate} at {start}");
+                        }
+                    }
+                }
+            }
+            assert!(passed > 100, "rate {rate}: only {passed} passing windows");
+            let voice = speech_like(rate);
+            let x: Vec<f64> = voice.iter().map(|&s| f64::from(s)).collect();
+            for start in (0..x.len() - n).step_by(det.hop) {
+                if let Some(wt) = det.energy_gate(&x[start..start + n]) {
+                    speech += 1;
+                    if !det.may_pass(&x[start..start + n], wt) {
+                        screened_speech += 1;
+                    }
+                }
+            }
+            assert!(
+                screened_speech * 10 >= speech * 9,
+                "rate {rate}: {screened_speech} of {speech} speech windows screened"
+            );
+        }
+    }
+
+    /// Voiced syllables on a gliding fundamental (harmonics 1–9), 2 s.
+    fn speech_like(rate: u32) -> Vec<i16> {
+        (0..rate as usize * 2)
+            .map(|i| {
+                let t = i as f64 / f64::from(rate);
+                let within = t % 0.24;
+                if within >= 0.16 {
+                    return 0;
+                }
+                let f0 = 110.0 + 15.0 * ((t / 0.24).floor() % 5.0) + 250.0 * within;
+                let phase = std::f64::consts::TAU * f0 * within;
+                let env = (std::f64::consts::PI * within / 0.16).sin();
+                let voiced: f64 = (1..10)
+                    .map(|h| (phase * f64::from(h)).sin() / f64::from(h))
+                    .sum();
+                (6000.0 * env * voiced) as i16
+            })
+            .collect()
     }
 
     #[test]

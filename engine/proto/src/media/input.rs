@@ -7,7 +7,8 @@
 //! [`PushOutcome::UnknownPayloadType`]); on each tick of the worker's media clock call
 //! [`LegInput::next_frame`], which always fills the whole frame. Nothing here reads a clock
 //! or allocates after construction (except [`LegInput::set_mix_rate`], which rebuilds the
-//! decoders).
+//! decoders and resizes the fifo, and a jitter buffer slot growing once for a payload larger
+//! than the codec's usual one).
 //!
 //! **Playout.** Packets are decoded in timestamp order, only when their audio is needed, into
 //! a small PCM fifo at the mixing rate, so any packet time (10 to 120 ms) and any RTP clock
@@ -46,8 +47,46 @@ const MAX_FRAME: usize = 48_000 / 50;
 /// than a [`MAX_PAYLOAD`] G.722 (two samples per byte) or G.711 payload.
 const SCRATCH: usize = 5760;
 
-/// PCM fifo length at the mixing rate: a frame plus the largest packet resampled to 48 kHz.
+/// PCM fifo length at 48 kHz: a frame plus the largest packet resampled to 48 kHz; at a
+/// lower mixing rate the same duration ([`fifo_samples`]).
 const FIFO: usize = MAX_FRAME + 6 * 2 * MAX_PAYLOAD + MAX_FRAME;
+
+/// Fifo length at `mix_rate`: [`FIFO`]'s duration, plus a little for resampler rounding.
+fn fifo_samples(mix_rate: u32) -> usize {
+    (FIFO * mix_rate as usize).div_ceil(48_000).min(FIFO) + 64
+}
+
+/// Decoded samples one packet of these formats may yield (at most [`SCRATCH`]): a
+/// [`MAX_PAYLOAD`] payload of G.711 (one sample per byte), G.722 (two) or L16; Opus and
+/// anything else the full [`SCRATCH`].
+fn scratch_samples(formats: &[Format]) -> usize {
+    formats
+        .iter()
+        .map(|f| match f.spec.kind {
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::L16 => MAX_PAYLOAD,
+            CodecKind::G722 => 2 * MAX_PAYLOAD,
+            _ => SCRATCH,
+        })
+        .max()
+        .unwrap_or(MAX_FRAME)
+        .clamp(MAX_FRAME, SCRATCH)
+}
+
+/// Usual payload size of these formats, for the jitter buffer's slots: 20 ms of the
+/// fixed-rate codecs, 128 kbit/s of Opus (larger payloads grow a slot once).
+fn slot_bytes(formats: &[Format]) -> usize {
+    formats
+        .iter()
+        .map(|f| match f.spec.kind {
+            CodecKind::Pcmu | CodecKind::Pcma | CodecKind::G722 => 160,
+            CodecKind::Opus => 320,
+            CodecKind::L16 => f.spec.clock_rate as usize / 25 * usize::from(f.spec.channels.max(1)),
+            _ => 160,
+        })
+        .max()
+        .unwrap_or(160)
+        .min(MAX_PAYLOAD)
+}
 
 /// Frames of faded repetition before concealment of G.711, G.722 and L16 is silent.
 const FADE_FRAMES: usize = 4;
@@ -215,9 +254,11 @@ impl LegInput {
         }
         let formats = build_formats(&config.codecs, config.mix_rate)?;
         let frame_len = frame_len(config.mix_rate);
+        let scratch = scratch_samples(&formats);
+        let slot_bytes = slot_bytes(&formats);
         Ok(Self {
             formats,
-            jitter: JitterBuffer::new(config.jitter),
+            jitter: JitterBuffer::with_slot_bytes(config.jitter, slot_bytes),
             mix_rate: config.mix_rate,
             frame_len,
             stats: InputStats {
@@ -229,9 +270,9 @@ impl LegInput {
             last_seq: None,
             last_format: None,
             loss_gap: None,
-            fifo: vec![0; FIFO],
+            fifo: vec![0; fifo_samples(config.mix_rate)],
             fifo_len: 0,
-            scratch: vec![0; SCRATCH],
+            scratch: vec![0; scratch],
             history: vec![0; MAX_FRAME],
             frame: vec![0; MAX_FRAME],
             conceal_run: 0,
@@ -301,6 +342,7 @@ impl LegInput {
         self.formats = build_formats(&specs, rate)?;
         self.mix_rate = rate;
         self.frame_len = frame_len(rate);
+        self.fifo = vec![0; fifo_samples(rate)];
         self.fifo_len = 0;
         self.history.fill(0);
         self.conceal_run = 0;
@@ -401,6 +443,9 @@ impl LegInput {
     /// Samples at the mixing rate for `ticks` at the stream's clock (0 for negative).
     fn samples(&self, ticks: i64, clock: u32) -> usize {
         let t = u64::try_from(ticks.max(0)).unwrap_or(0);
+        if let Some(p) = t.checked_mul(u64::from(self.mix_rate)) {
+            return usize::try_from(p / u64::from(clock.max(1))).unwrap_or(usize::MAX);
+        }
         let v = u128::from(t) * u128::from(self.mix_rate) / u128::from(clock.max(1));
         usize::try_from(v).unwrap_or(usize::MAX)
     }

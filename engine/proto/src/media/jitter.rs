@@ -29,7 +29,10 @@
 //! discontinuous transmission, not loss (RFC 3551 §4.1, RFC 3389).
 //!
 //! **Bounds.** At most `capacity` packets of at most [`MAX_PAYLOAD`] bytes each, stored in
-//! slots allocated once in [`JitterBuffer::new`]; no allocation afterwards.
+//! slots allocated in [`JitterBuffer::with_slot_bytes`] for the stream's usual payload size.
+//! A slot grows (once per size class, to at most [`MAX_PAYLOAD`]) only when a larger payload
+//! lands in it; slots are reused most recent first, so a steady stream allocates nothing
+//! after its first packets.
 
 use std::collections::VecDeque;
 
@@ -39,6 +42,9 @@ use crate::time::Micros;
 
 /// The largest payload the buffer holds, bytes.
 pub const MAX_PAYLOAD: usize = 1500;
+
+/// Initial slot size of [`JitterBuffer::new`]: 20 ms of G.711.
+pub const DEFAULT_SLOT_BYTES: usize = 160;
 
 /// The most packets a buffer may be configured to hold.
 pub const MAX_CAPACITY: usize = 1024;
@@ -257,7 +263,9 @@ impl Stream {
 #[derive(Debug)]
 struct Estimator {
     ring: [i64; WINDOW],
-    scratch: [i64; WINDOW],
+    /// The window's transits, ascending (`sorted[..len]`): updated per packet by one
+    /// removal and one insertion, so the minimum and the percentile are direct reads.
+    sorted: [i64; WINDOW],
     len: usize,
     pos: usize,
     base: Option<i64>,
@@ -276,7 +284,7 @@ impl Estimator {
         let max_us = (i64::from(config.max_delay_ms) * 1000).max(min_us);
         Self {
             ring: [0; WINDOW],
-            scratch: [0; WINDOW],
+            sorted: [0; WINDOW],
             len: 0,
             pos: 0,
             base: None,
@@ -297,16 +305,25 @@ impl Estimator {
     }
 
     fn record(&mut self, transit: i64) {
+        if self.len == WINDOW {
+            // The oldest transit leaves the window.
+            let old = self.ring[self.pos];
+            let sorted = &mut self.sorted[..WINDOW];
+            let at = sorted.partition_point(|&v| v < old);
+            sorted.copy_within(at + 1.., at);
+            self.len -= 1;
+        }
         self.ring[self.pos] = transit;
         self.pos = (self.pos + 1) % WINDOW;
-        self.len = (self.len + 1).min(WINDOW);
-        let window = &self.ring[..self.len];
-        let base = window.iter().copied().min().unwrap_or(transit);
+        let sorted = &mut self.sorted[..=self.len];
+        let at = sorted[..sorted.len() - 1].partition_point(|&v| v <= transit);
+        sorted.copy_within(at..sorted.len() - 1, at + 1);
+        sorted[at] = transit;
+        self.len += 1;
+        let base = self.sorted[0];
         self.base = Some(base);
-        let scratch = &mut self.scratch[..self.len];
-        scratch.copy_from_slice(window);
         let k = (self.len * PERCENTILE).div_ceil(100).clamp(1, self.len) - 1;
-        let (_, p, _) = scratch.select_nth_unstable(k);
+        let p = self.sorted[k];
         let jitter = p
             .saturating_sub(base)
             .saturating_add(self.lookahead_us())
@@ -354,9 +371,20 @@ pub struct JitterBuffer {
 
 impl JitterBuffer {
     /// An empty buffer. The capacity is clamped to `1..=MAX_CAPACITY` and the maximum delay
-    /// to at least the minimum; all storage is allocated here.
+    /// to at least the minimum. Slots hold [`DEFAULT_SLOT_BYTES`] at first; see
+    /// [`with_slot_bytes`](Self::with_slot_bytes).
     #[must_use]
     pub fn new(config: JitterConfig) -> Self {
+        Self::with_slot_bytes(config, DEFAULT_SLOT_BYTES)
+    }
+
+    /// An empty buffer whose slots are allocated here for payloads of `slot_bytes` (clamped
+    /// to `1..=MAX_PAYLOAD`; the stream's usual payload size). A slot that receives a larger
+    /// payload grows once, to at most [`MAX_PAYLOAD`]; slots are reused most recent first,
+    /// so a steady stream touches, and grows, only the few it keeps in use.
+    #[must_use]
+    pub fn with_slot_bytes(config: JitterConfig, slot_bytes: usize) -> Self {
+        let slot_bytes = slot_bytes.clamp(1, MAX_PAYLOAD);
         let capacity = config.capacity.clamp(1, MAX_CAPACITY);
         let config = JitterConfig {
             capacity,
@@ -369,7 +397,7 @@ impl JitterBuffer {
                 timestamp: 0,
                 marker: false,
                 payload_type: 0,
-                payload: Vec::with_capacity(MAX_PAYLOAD),
+                payload: Vec::with_capacity(slot_bytes),
             })
             .collect();
         // capacity <= MAX_CAPACITY, so every index fits u16.
@@ -608,6 +636,11 @@ impl JitterBuffer {
         slot.marker = info.marker;
         slot.payload_type = info.payload_type;
         slot.payload.clear();
+        if payload.len() > slot.payload.capacity() {
+            // Grows once per size class; payload.len() <= MAX_PAYLOAD (checked above).
+            let want = payload.len().next_power_of_two().min(MAX_PAYLOAD);
+            slot.payload.reserve_exact(want);
+        }
         slot.payload.extend_from_slice(payload);
         self.order.insert(pos, slot_index);
         if reset {
@@ -668,12 +701,19 @@ fn now_us(now: Micros) -> i64 {
 
 /// Ticks at `clock` Hz to µs.
 fn ticks_to_us(ticks: i64, clock: u32) -> i64 {
+    // 64-bit arithmetic when the product fits (always, for real timestamps).
+    if let Some(p) = ticks.checked_mul(1_000_000) {
+        return p / i64::from(clock.max(1));
+    }
     let v = i128::from(ticks) * 1_000_000 / i128::from(clock.max(1));
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// µs to ticks at `clock` Hz (rounded towards minus infinity).
 fn us_to_ticks(us: i64, clock: u32) -> i64 {
+    if let Some(p) = us.checked_mul(i64::from(clock)) {
+        return p.div_euclid(1_000_000);
+    }
     let v = (i128::from(us) * i128::from(clock)).div_euclid(1_000_000);
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
 }

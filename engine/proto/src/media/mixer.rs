@@ -50,44 +50,43 @@ pub const HYSTERESIS_FACTOR: u64 = 2;
 
 /// Marks in `selected` the `k` candidates with the highest energy; a candidate selected in
 /// the previous frame (`selected[i]` on entry) counts with [`HYSTERESIS_FACTOR`]. Only
-/// indices with `candidate[i]` can be chosen. O(n·k).
+/// indices with `candidate[i]` can be chosen; of equal scores the lower index wins. One
+/// pass, O(n·k) at worst, O(n) when the order settles.
 pub fn select_loudest(energies: &[u64], candidate: &[bool], selected: &mut [bool], k: usize) {
     let n = energies.len().min(candidate.len()).min(selected.len());
-    // Score with hysteresis; reuse `selected` as the "previous" flag while scoring.
-    let score = |i: usize, prev: bool| -> u64 {
-        if prev {
-            energies[i].saturating_mul(HYSTERESIS_FACTOR)
-        } else {
-            energies[i]
-        }
-    };
-    // Pick k times the best remaining candidate; track chosen picks by a bound on score.
-    let mut chosen = [usize::MAX; 64];
-    let k = k.min(chosen.len()).min(n);
+    // The best `count` so far, by descending score (ties: ascending index).
+    let mut best = [(0u64, 0usize); 64];
+    let k = k.min(best.len()).min(n);
     let mut count = 0;
-    while count < k {
-        let mut best: Option<(u64, usize)> = None;
+    if k > 0 {
         for i in 0..n {
-            if !candidate[i] || chosen[..count].contains(&i) {
+            if !candidate[i] {
                 continue;
             }
-            let s = score(i, selected[i]);
-            if best.is_none_or(|(bs, _)| s > bs) {
-                best = Some((s, i));
+            let s = if selected[i] {
+                energies[i].saturating_mul(HYSTERESIS_FACTOR)
+            } else {
+                energies[i]
+            };
+            if count == k && s <= best[k - 1].0 {
+                continue;
             }
-        }
-        match best {
-            Some((_, i)) => {
-                chosen[count] = i;
+            // Insert after every entry scoring at least as much.
+            let mut p = count.min(k - 1);
+            while p > 0 && best[p - 1].0 < s {
+                best[p] = best[p - 1];
+                p -= 1;
+            }
+            best[p] = (s, i);
+            if count < k {
                 count += 1;
             }
-            None => break,
         }
     }
     for s in selected[..n].iter_mut() {
         *s = false;
     }
-    for &i in &chosen[..count] {
+    for &(_, i) in &best[..count] {
         selected[i] = true;
     }
 }
@@ -111,6 +110,59 @@ mod tests {
         let e = [10, 100, 200, 60, 0];
         select_loudest(&e, &c, &mut sel, 2);
         assert_eq!(sel, [false, true, true, false, false]);
+    }
+
+    /// The selection by repeated arg-max (first index wins ties).
+    fn select_naive(e: &[u64], c: &[bool], sel: &mut [bool], k: usize) {
+        let score: Vec<u64> = (0..e.len())
+            .map(|i| {
+                if sel[i] {
+                    e[i] * HYSTERESIS_FACTOR
+                } else {
+                    e[i]
+                }
+            })
+            .collect();
+        let mut chosen = Vec::new();
+        for _ in 0..k {
+            let mut best: Option<(u64, usize)> = None;
+            for i in 0..e.len() {
+                if c[i] && !chosen.contains(&i) && best.is_none_or(|(b, _)| score[i] > b) {
+                    best = Some((score[i], i));
+                }
+            }
+            match best {
+                Some((_, i)) => chosen.push(i),
+                None => break,
+            }
+        }
+        sel.fill(false);
+        for i in chosen {
+            sel[i] = true;
+        }
+    }
+
+    #[test]
+    fn loudest_matches_repeated_arg_max() {
+        let mut seed = 0x9E37_79B9_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            let n = (next() % 12) as usize;
+            let k = (next() % 5) as usize;
+            // Few distinct levels, so that ties happen.
+            let e: Vec<u64> = (0..n).map(|_| next() % 4 * 10).collect();
+            let c: Vec<bool> = (0..n).map(|_| next() % 4 != 0).collect();
+            let prev: Vec<bool> = (0..n).map(|_| next() % 3 == 0).collect();
+            let (mut a, mut b) = (prev.clone(), prev);
+            select_loudest(&e, &c, &mut a, k);
+            select_naive(&e, &c, &mut b, k);
+            assert_eq!(a, b, "round {round}: e {e:?} c {c:?} k {k}");
+        }
     }
 
     #[test]
