@@ -52,7 +52,7 @@ use switchboard_proto::time::Micros;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{IDLE_AFTER_US, SweepTally, WorkerMetrics};
 use crate::record::ring::{CallTap, Mark, MarkKind, StopReason, TapOp, TapProducer};
 use crate::rt::{self, Driver, DriverKind, DriverOptions, PortToken, Waker};
 
@@ -703,6 +703,8 @@ pub fn spawn(
                 tap,
                 next_tick: None,
                 mixing_calls: 0,
+                input_seen: HashMap::new(),
+                sweep_mark: false,
             };
             w.run();
         })?;
@@ -743,6 +745,11 @@ struct Worker {
     next_tick: Option<Instant>,
     /// Calls with a [`MediaCall`].
     mixing_calls: usize,
+    /// Late, lost and concealed counts of each mixed leg at the last sweep (so the sweep
+    /// publishes their growth), with the sweep mark that last saw the leg.
+    input_seen: HashMap<(CallKey, LegId), ([u64; 3], bool)>,
+    /// Flips every sweep; entries of `input_seen` not carrying it are gone.
+    sweep_mark: bool,
 }
 
 fn micros(epoch: Instant) -> Micros {
@@ -1010,8 +1017,51 @@ impl Worker {
                 RelayOutput::Consume(kind) => {
                     // RTCP from a mixed leg is only counted (by the relay).
                     if kind == Component::Rtp {
-                        if let Some(media) = call.media.as_mut() {
-                            if let Err(reason) = media.push_rtp(now, route.leg, dg.data) {
+                        let CallEntry {
+                            media,
+                            relay,
+                            legs,
+                            taps,
+                            ..
+                        } = &mut *call;
+                        if let Some(media) = media.as_mut() {
+                            // Forks and analytics need the call's frames every tick.
+                            media.set_direct_allowed(taps.is_empty());
+                            // Direct mode: the packet is transcoded and sent at once, from
+                            // the target leg's RTP socket, as the tick output is.
+                            let mut out = |leg: LegId, data: &[u8]| {
+                                let Some(token) = legs
+                                    .get(leg.index())
+                                    .and_then(Option::as_ref)
+                                    .filter(|l| l.id == leg)
+                                    .map(|l| l.rtp)
+                                else {
+                                    metrics.drop_packet(DropReason::UnknownLeg.index());
+                                    return;
+                                };
+                                let Some((_, dst)) =
+                                    relay.leg(leg).and_then(|l| l.destination(Component::Rtp))
+                                else {
+                                    metrics.drop_packet(DropReason::NoDestination.index());
+                                    return;
+                                };
+                                match tx.push(token, dst, data) {
+                                    Ok(()) => {
+                                        WorkerMetrics::add(&metrics.media_packets_out, 1);
+                                        WorkerMetrics::add(
+                                            &metrics.media_bytes_out,
+                                            data.len() as u64,
+                                        );
+                                    }
+                                    Err(rt::SendError::QueueFull { .. }) => {
+                                        metrics.drop_packet(DROP_SEND_QUEUE)
+                                    }
+                                    Err(_) => metrics.drop_packet(DROP_SEND_REFUSED),
+                                }
+                            };
+                            if let Err(reason) =
+                                media.push_rtp_with(now, route.leg, dg.data, &mut out)
+                            {
                                 metrics.drop_packet(reason.index());
                             }
                         }
@@ -1494,6 +1544,8 @@ impl Worker {
             let Some(media) = media.as_mut() else {
                 continue;
             };
+            // A fork or analytics needs every frame through the tick: no direct transcoding.
+            media.set_direct_allowed(taps.is_empty());
             taps.before_tick(media);
             media.tick(now, &mut |leg, data| {
                 send_media(driver, metrics, relay, legs, leg, data);
@@ -1721,9 +1773,85 @@ impl Worker {
         }
     }
 
+    /// Recomputes the sweep's figures from the calls (states, jitter buffers, mixer
+    /// speakers, transcoding, live quality) and publishes them. Allocates only when a new
+    /// mixed leg enters `input_seen`.
+    fn publish_sweep(&mut self, now: Micros) {
+        let mut t = SweepTally::default();
+        let mark = !self.sweep_mark;
+        self.sweep_mark = mark;
+        let seen = &mut self.input_seen;
+        for c in self.calls.iter().flatten() {
+            let mut call_active = false;
+            for l in c.legs() {
+                let Some(r) = c.relay.leg(l.id) else {
+                    continue;
+                };
+                let rtp = r.rtp_stats();
+                let active = r
+                    .last_packet()
+                    .is_some_and(|p| now.0.saturating_sub(p.0) < IDLE_AFTER_US);
+                call_active |= active;
+                if rtp.packets() > 0 {
+                    t.quality(r.mos(), rtp.jitter_ms(), rtp.loss_ratio());
+                }
+                if r.is_mixed() {
+                    continue;
+                }
+                if active {
+                    t.legs_relay_active += 1;
+                } else {
+                    t.legs_relay_idle += 1;
+                }
+            }
+            let Some(media) = c.media.as_deref() else {
+                if call_active {
+                    t.calls_relaying += 1;
+                } else {
+                    t.calls_idle += 1;
+                }
+                continue;
+            };
+            t.mixer_speakers += media.stats().talkers_mixed as u64;
+            for leg in media.legs() {
+                let Some(i) = media.input_stats(leg) else {
+                    continue;
+                };
+                t.depth_ms(i.depth_ms, i.target_delay_ms);
+                let cur = [i.late, i.lost, i.concealed_frames];
+                let prev = seen.insert((c.key, leg), (cur, mark)).map(|(p, _)| p);
+                for (k, (now_v, acc)) in cur
+                    .iter()
+                    .zip([&mut t.late, &mut t.lost, &mut t.concealed])
+                    .enumerate()
+                {
+                    // A smaller count is a new input (the leg re-added): all of it is new.
+                    let before = prev.map_or(0, |p| p[k]);
+                    *acc += if *now_v >= before {
+                        now_v - before
+                    } else {
+                        *now_v
+                    };
+                }
+            }
+            if media.len() == 2 {
+                let mut legs = media.legs();
+                if let (Some(a), Some(b)) = (legs.next(), legs.next()) {
+                    if let (Some(ca), Some(cb)) = (media.send_codec(a), media.send_codec(b)) {
+                        t.transcode(ca, cb);
+                        t.transcode(cb, ca);
+                    }
+                }
+            }
+        }
+        seen.retain(|_, (_, m)| *m == mark);
+        self.metrics.sweep.publish(&t);
+    }
+
     /// Media timeouts and driver counters.
     fn sweep(&mut self) {
         let now = micros(self.epoch);
+        self.publish_sweep(now);
         let mut timed_out = Vec::new();
         for entry in self.calls.iter_mut().flatten() {
             if let Some(frames) = entry.tap.take_new_drops() {

@@ -214,3 +214,81 @@ fn ng_calls_get_analytics_answer_time_and_codecs() {
     assert!(ended["analytics"].is_null(), "{ended}");
     assert!(ended["answered_ms"].as_u64().is_some(), "{ended}");
 }
+
+#[test]
+fn queue_option_feeds_live_agitation_to_waiting_voice_tasks() {
+    let e = Engine::start("auto", &[]);
+    let mut ctl = Ctl::connect(e.control);
+    ctl.ok(json!({"op": "subscribe", "topics": ["analytics", "acd"]}));
+    let q = ctl.ok(json!({"op": "queue.create", "queue": 1, "agitation_from_analytics": true}));
+    assert_eq!(q["queue"]["agitation_from_analytics"], true, "{q}");
+    ctl.ok(json!({"op": "queue.create", "queue": 2}));
+    let got = ctl.ok(json!({"op": "queue.get", "queue": 1}));
+    assert_eq!(got["queue"]["agitation_from_analytics"], true, "{got}");
+
+    // NG calls from the SBC: the customer (tag `from-1`) and an IVR leg playing nothing.
+    let (customer, ivr) = ng_call(&e, "qa-1");
+    let (customer2, ivr2) = ng_call(&e, "qa-2");
+    for p in [&ivr, &ivr2] {
+        p.talking.store(false, Ordering::Relaxed);
+    }
+    // Nobody to take them: both wait.
+    ctl.ok(
+        json!({"op": "task.enqueue", "task": 91, "queue": 1, "channel": "voice",
+        "call": "qa-1", "leg": "from-1", "agitation": 0.05}),
+    );
+    let queued = ctl.wait_event("task.queued", Duration::from_secs(3), |ev| ev["task"] == 91);
+    assert_eq!(queued["call"], "qa-1", "{queued}");
+    assert_eq!(queued["leg"], "from-1", "{queued}");
+    assert_eq!(queued["agitation_from_analytics"], true, "{queued}");
+    ctl.ok(
+        json!({"op": "task.enqueue", "task": 92, "queue": 2, "channel": "voice",
+        "call": "qa-2", "leg": "from-1", "agitation": 0.05}),
+    );
+
+    // The customers speak in loud bursts.
+    let t0 = Instant::now();
+    let mut on = true;
+    let mut risen = None;
+    while t0.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(250));
+        on = !on;
+        customer.talking.store(on, Ordering::Relaxed);
+        customer2.talking.store(on, Ordering::Relaxed);
+        let a = ctl.ok(json!({"op": "task.get", "task": 91}))["agitation"]
+            .as_f64()
+            .unwrap();
+        if a > 0.05 + 1e-6 {
+            risen = Some((a, t0.elapsed()));
+            break;
+        }
+    }
+    let (a, after) = risen.expect("task 91's agitation never rose above 0.05");
+    eprintln!("task 91 agitation {a} after {after:?}");
+    // The live analytics are on the waiting call, its customer as the caller.
+    let ev = ctl.wait_event("analytics", Duration::from_secs(3), |ev| {
+        ev["call"] == "qa-1"
+    });
+    assert_eq!(ev["analytics"]["parties"][0]["party"], "caller", "{ev}");
+    // The queue without the option left its task alone, and ran no analytics.
+    assert_eq!(
+        ctl.ok(json!({"op": "task.get", "task": 92}))["agitation"],
+        0.05
+    );
+    assert_eq!(
+        ctl.err(json!({"op": "analytics.stop", "call": "qa-2"})),
+        "not_found"
+    );
+
+    // The task ends: its analytics stop (the final summary follows).
+    ctl.ok(json!({"op": "task.cancel", "task": 91}));
+    let fin = ctl.wait_event("analytics", Duration::from_secs(5), |ev| {
+        ev["call"] == "qa-1" && ev["final"] == true
+    });
+    assert!(fin["analytics"]["duration_ms"].as_u64().is_some(), "{fin}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        ctl.err(json!({"op": "analytics.stop", "call": "qa-1"})),
+        "not_found"
+    );
+}

@@ -27,10 +27,13 @@
 //!   queue; it commits whatever has piled up in one transaction and only then sends the
 //!   replies of the requests those writes belong to, so an acknowledged change is on disk
 //!   (see [`store`]).
-//! * On the control runtime, two small tasks: one forwards the shards' events (a bounded
-//!   `tokio` channel, written with `try_send`) to the hub's broadcast, the other watches the
+//! * On the control runtime, three small tasks: one forwards the shards' events (a bounded
+//!   `tokio` channel, written with `try_send`) to the hub's broadcast, one watches the
 //!   hub's `call.deleted` / `media.timeout` events and tells every shard which calls are
-//!   gone, so voice tasks of a hung-up call end at once in whichever tenant they are.
+//!   gone, so voice tasks of a hung-up call end at once in whichever tenant they are, and
+//!   one starts and stops conversation analytics on the calls of voice tasks waiting in
+//!   queues with `agitation_from_analytics`, from the `task.*` events (see
+//!   [`QUEUE_ANALYTICS_INTERVAL_MS`]); the analytics feed the task through `task.update`.
 //!
 //! Connection tasks parse and check each request ([`ops`]) before queueing it, so a shard
 //! only applies typed requests. `forecast.staffing` is pure arithmetic and runs on a blocking
@@ -313,6 +316,7 @@ impl AcdService {
         };
         tokio::spawn(forward_events(hub.clone(), ev_rx));
         tokio::spawn(watch_calls(hub.clone(), handle.clone()));
+        tokio::spawn(watch_queued_calls(hub.clone()));
         info!(db = %path.display(), shards = n, "ACD started");
         Ok(AcdService {
             handle,
@@ -400,13 +404,17 @@ async fn check_call(hub: &Hub, call: &str, leg: Option<&str>) -> Result<(), OpEr
         }
     })?;
     if let Some(leg) = leg {
+        // An NG tag, or the name of a leg created over the native protocol.
         let known = info["tags"]
             .as_array()
-            .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(leg)));
+            .is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(leg)))
+            || info["media"]["legs"]
+                .as_array()
+                .is_some_and(|legs| legs.iter().any(|l| l["leg"].as_str() == Some(leg)));
         if !known {
             return Err(OpError::new(
                 ErrorCode::NotFound,
-                format!("call `{call}` has no leg tagged `{leg}`"),
+                format!("call `{call}` has no leg `{leg}` (NG tag or native leg name)"),
             ));
         }
     }
@@ -466,9 +474,206 @@ async fn watch_calls(hub: Hub, acd: AcdHandle) {
     }
 }
 
+/// Live `analytics` interval of the analytics a queue starts (`agitation_from_analytics`).
+pub const QUEUE_ANALYTICS_INTERVAL_MS: u32 = 2000;
+/// Waiting tasks whose analytics the watcher tracks at once; beyond, new ones are skipped.
+const MAX_QUEUE_ANALYTICS: usize = 64 * 1024;
+/// How long the watcher waits for the control task to start or stop analytics.
+const ANALYTICS_OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Calls whose analytics a queue started, by `(tenant, task)`; lives on the watcher task.
+#[derive(Debug, Default)]
+struct QueueAnalytics {
+    running: std::collections::HashMap<(String, u64), String>,
+}
+
+/// What the analytics watcher does about one event.
+#[derive(Debug, PartialEq, Eq)]
+enum AnalyticsAction {
+    /// Start analytics on `call` (caller `leg`) feeding `task` of `tenant`.
+    Start {
+        call: String,
+        leg: Option<String>,
+        task: u64,
+        tenant: String,
+    },
+    /// Stop the analytics of `call`.
+    Stop(String),
+}
+
+impl QueueAnalytics {
+    /// The actions an event asks for, updating what is tracked.
+    fn on_event(&mut self, ev: &Value) -> Vec<AnalyticsAction> {
+        let name = ev.get("event").and_then(Value::as_str).unwrap_or("");
+        if matches!(name, "call.deleted" | "media.timeout") {
+            // The analytics ended with the call.
+            if let Some(call) = ev.get("call").and_then(Value::as_str) {
+                self.running.retain(|_, c| c != call);
+            }
+            return Vec::new();
+        }
+        let (Some(task), Some(tenant)) = (
+            ev.get("task").and_then(Value::as_u64),
+            ev.get("tenant").and_then(Value::as_str),
+        ) else {
+            return Vec::new();
+        };
+        let key = (tenant.to_owned(), task);
+        match name {
+            "task.queued" | "task.overflowed" => {
+                let wanted = ev.get("agitation_from_analytics") == Some(&Value::Bool(true));
+                let call = ev.get("call").and_then(Value::as_str);
+                match (wanted, call) {
+                    (true, Some(call)) => {
+                        if self.running.get(&key).is_some_and(|c| c == call) {
+                            return Vec::new();
+                        }
+                        if self.running.len() >= MAX_QUEUE_ANALYTICS {
+                            warn!(task, "ACD: too many queue analytics; not started");
+                            return Vec::new();
+                        }
+                        self.running.insert(key, call.to_owned());
+                        vec![AnalyticsAction::Start {
+                            call: call.to_owned(),
+                            leg: ev.get("leg").and_then(Value::as_str).map(str::to_owned),
+                            task,
+                            tenant: tenant.to_owned(),
+                        }]
+                    }
+                    _ => self.stop(&key),
+                }
+            }
+            "task.assigned" | "task.abandoned" | "task.left" | "task.completed" | "task.ended" => {
+                self.stop(&key)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Stops tracking a task; its call's analytics stop unless another tracked task uses it.
+    fn stop(&mut self, key: &(String, u64)) -> Vec<AnalyticsAction> {
+        let Some(call) = self.running.remove(key) else {
+            return Vec::new();
+        };
+        if self.running.values().any(|c| *c == call) {
+            return Vec::new();
+        }
+        vec![AnalyticsAction::Stop(call)]
+    }
+}
+
+/// Runs conversation analytics on the calls of voice tasks waiting in queues with
+/// `agitation_from_analytics`: starts them on the task's `task.queued` (or
+/// `task.overflowed` into such a queue), with the task's leg as the caller and
+/// `update_task` for the task, and stops them when the task is assigned, ends or
+/// overflows into a queue without the option. It reads the hub's events and asks the
+/// control task through the hub: nothing on the shards' path waits for it.
+async fn watch_queued_calls(hub: Hub) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = hub.subscribe();
+    let mut state = QueueAnalytics::default();
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => {
+                warn!(
+                    missed = n,
+                    "ACD analytics watcher lagged: some queue analytics may not start or stop"
+                );
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        };
+        for action in state.on_event(&ev) {
+            let (op, req) = match &action {
+                AnalyticsAction::Start {
+                    call,
+                    leg,
+                    task,
+                    tenant,
+                } => {
+                    let mut req = serde_json::json!({"call": call, "update_task": true,
+                        "task": task, "tenant": tenant,
+                        "interval_ms": QUEUE_ANALYTICS_INTERVAL_MS});
+                    if let (Some(leg), Some(o)) = (leg, req.as_object_mut()) {
+                        o.insert("caller".into(), Value::String(leg.clone()));
+                    }
+                    ("analytics.start", req)
+                }
+                AnalyticsAction::Stop(call) => {
+                    ("analytics.stop", serde_json::json!({"call": call}))
+                }
+            };
+            match tokio::time::timeout(ANALYTICS_OP_TIMEOUT, hub.media(op, &req)).await {
+                Ok(Ok(_)) => {}
+                // The call ended meanwhile: nothing to stop.
+                Ok(Err(e)) if op == "analytics.stop" && e.code == ErrorCode::NotFound => {}
+                Ok(Err(e)) => warn!(%req, "ACD: queue {op} refused: {}", e.message),
+                Err(_) => warn!(%req, "ACD: queue {op} timed out"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn queue_analytics_start_and_stop_with_the_task() {
+        let mut s = QueueAnalytics::default();
+        let queued = |task: u64, on: bool| {
+            json!({"event": "task.queued", "task": task, "tenant": "default", "queue": 1,
+                "call": "c1", "leg": "from-1", "agitation_from_analytics": on})
+        };
+        // Not asked for, or no call: nothing.
+        assert!(s.on_event(&queued(1, false)).is_empty());
+        assert!(
+            s.on_event(&json!({"event": "task.queued", "task": 2, "tenant": "default"}))
+                .is_empty()
+        );
+        let start = s.on_event(&queued(1, true));
+        assert_eq!(
+            start,
+            vec![AnalyticsAction::Start {
+                call: "c1".into(),
+                leg: Some("from-1".into()),
+                task: 1,
+                tenant: "default".into()
+            }]
+        );
+        // Seen twice (a requeue into the same call): started once.
+        assert!(s.on_event(&queued(1, true)).is_empty());
+        // Another tenant's task 1 is another task.
+        assert!(
+            s.on_event(&json!({"event": "task.assigned", "task": 1, "tenant": "acme"}))
+                .is_empty()
+        );
+        assert_eq!(
+            s.on_event(&json!({"event": "task.assigned", "task": 1, "tenant": "default"})),
+            vec![AnalyticsAction::Stop("c1".into())]
+        );
+        assert!(
+            s.on_event(&json!({"event": "task.completed", "task": 1, "tenant": "default"}))
+                .is_empty()
+        );
+        // Overflowing out of the option stops; a hang-up forgets without stopping.
+        assert_eq!(s.on_event(&queued(3, true)).len(), 1);
+        assert_eq!(
+            s.on_event(
+                &json!({"event": "task.overflowed", "task": 3, "tenant": "default",
+                "from": 1, "to": 2, "call": "c1", "agitation_from_analytics": false})
+            ),
+            vec![AnalyticsAction::Stop("c1".into())]
+        );
+        assert_eq!(s.on_event(&queued(4, true)).len(), 1);
+        assert!(
+            s.on_event(&json!({"event": "call.deleted", "call": "c1"}))
+                .is_empty()
+        );
+        assert!(s.running.is_empty());
+    }
 
     #[test]
     fn tenants_hash_stably_onto_shards() {

@@ -219,6 +219,10 @@ pub struct QueueDef {
     /// Customer-value tags and their priority points.
     #[serde(default)]
     pub value_tags: BTreeMap<String, u32>,
+    /// While a voice task waits here, the engine runs conversation analytics on its call
+    /// (the task's `leg` as the caller) and feeds the caller's live agitation to the task.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agitation_from_analytics: bool,
 }
 
 /// Layer 3 of a queue definition (the router's [`EmotionPolicy`], with the threshold kept
@@ -1010,6 +1014,25 @@ mod tests {
         // Round trip through the stored form.
         let again = QueueDef::from_map(j.as_object().unwrap().clone()).unwrap();
         assert_eq!(again, *q);
+        // The analytics option is off unless asked for, and stored only when on.
+        assert!(!q.agitation_from_analytics);
+        assert!(j.get("agitation_from_analytics").is_none());
+        let Request::QueueCreate(q) =
+            req(json!({"op": "queue.create", "queue": 5, "agitation_from_analytics": true}))
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert!(q.agitation_from_analytics);
+        let j = q.to_json();
+        assert_eq!(j["agitation_from_analytics"], true);
+        assert_eq!(
+            QueueDef::from_map(j.as_object().unwrap().clone()).unwrap(),
+            *q
+        );
+        assert!(
+            req(json!({"op": "queue.create", "queue": 5, "agitation_from_analytics": 1})).is_err()
+        );
     }
 
     #[test]

@@ -1201,6 +1201,25 @@ impl Tenant {
             })
     }
 
+    /// Adds the task's `call` and `leg` to a `task.queued` / `task.overflowed` event, and
+    /// `"agitation_from_analytics": true` when `queue` asks for it and the task names a call
+    /// (the engine's analytics watcher starts or stops on it).
+    fn mark_analytics(&self, v: &mut Value, task: TaskId, queue: QueueId) {
+        let (call, leg) = self.call_leg(task);
+        if call.is_null() {
+            return;
+        }
+        let on = self
+            .queues
+            .get(&queue)
+            .is_some_and(|q| q.def.agitation_from_analytics);
+        if let Value::Object(o) = v {
+            o.insert("call".into(), call);
+            o.insert("leg".into(), leg);
+            o.insert("agitation_from_analytics".into(), on.into());
+        }
+    }
+
     fn on_event(&mut self, rec: EventRecord) {
         let at = rec.at;
         let ev = match rec.event {
@@ -1215,6 +1234,7 @@ impl Tenant {
                 if self.restoring {
                     v["restored"] = true.into();
                 }
+                self.mark_analytics(&mut v, task, queue);
                 v
             }
             Event::TaskStepChanged { task, queue, step } => {
@@ -1294,7 +1314,10 @@ impl Tenant {
                     id: task.0,
                     queue: to.0,
                 });
-                json!({"event": "task.overflowed", "task": task.0, "from": from.0, "to": to.0})
+                let mut v =
+                    json!({"event": "task.overflowed", "task": task.0, "from": from.0, "to": to.0});
+                self.mark_analytics(&mut v, task, to);
+                v
             }
             Event::TaskAbandoned {
                 task,

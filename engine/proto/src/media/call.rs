@@ -45,11 +45,26 @@
 //!
 //! Steady state does not allocate: frames, sums, groups and packets use buffers sized when
 //! members join or the mixing rate changes.
+//!
+//! # Direct mode ([`MediaCall::push_rtp_with`])
+//!
+//! A call of two members that hear each other and nothing else (no prompt, tone, digit
+//! being sent, injected audio, gain, mute or deafness; every leg that sends RFC 4733 events
+//! facing one that takes them; allowed by [`MediaCall::set_direct_allowed`]) transcodes
+//! packet by packet: each audio packet is decoded (by decoders of its own, not the jitter
+//! buffer's), resampled to the mixing rate and encoded at once by the other leg's
+//! [`LegOutput`] (gathered up to its ptime when the packet is shorter), with a timestamp
+//! mapped from the input's; RFC 4733 packets pass through with the other leg's payload type.
+//! Duplicate and stale sequence numbers are dropped, losses are left to the receiver. The
+//! ticks send nothing for the pair then. Leaving direct mode (a third member, a prompt, ...)
+//! or entering it keeps every output stream (SSRC, next sequence number, timestamps moving
+//! on by at least a packet) and its encoder; the jitter buffers start over.
 
 use std::collections::{HashMap, VecDeque};
 
-use switchboard_codecs::codec::{CodecKind, CodecSpec};
+use switchboard_codecs::codec::{CodecKind, CodecSpec, Decoder};
 use switchboard_codecs::dtmf::{DtmfDetector, DtmfEvent};
+use switchboard_codecs::resample::Resampler;
 use switchboard_codecs::telephone_event::{TelephoneEvent, char_from_event, event_from_char};
 use switchboard_codecs::tone::{Cadence, ToneGenerator};
 use switchboard_codecs::vad::{VadConfig, VadTransition, VoiceActivity};
@@ -135,6 +150,97 @@ pub struct MediaStats {
     pub prompts: usize,
     /// Events dropped because nobody drained them.
     pub events_dropped: u64,
+    /// Whether the call transcodes packet by packet now (direct mode).
+    pub direct: bool,
+    /// Packets transcoded in direct mode.
+    pub direct_packets: u64,
+    /// Duplicate or stale packets dropped in direct mode.
+    pub direct_dropped: u64,
+}
+
+/// Decoded samples of one packet at most in direct mode (120 ms at 48 kHz).
+const DIRECT_SAMPLES: usize = 5760;
+
+/// A sequence number this far ahead (or a new SSRC) starts a new input stream in direct
+/// mode; one up to this far behind is stale.
+const DIRECT_SEQ_JUMP: u16 = 1000;
+
+/// One decodable format of a leg in direct mode.
+#[derive(Debug)]
+struct DirectFormat {
+    payload_type: u8,
+    clock_rate: u32,
+    decoder: Decoder,
+    resampler: Resampler,
+}
+
+/// The receiving side of a leg in direct mode: its decoders (apart from the jitter
+/// buffer's), duplicate detection and the timestamp mapping onto the other leg's output.
+#[derive(Debug)]
+struct DirectIn {
+    formats: Vec<DirectFormat>,
+    /// SSRC and sequence number of the newest packet taken.
+    last: Option<(u32, u16)>,
+    /// An input timestamp and the output timestamp it maps to.
+    anchor: Option<(u32, u32)>,
+}
+
+impl DirectIn {
+    fn new(config: &MediaLegConfig, mix_rate: u32) -> Result<Self, MediaError> {
+        let mut formats = Vec::with_capacity(config.recv.len());
+        for spec in config.recv.iter().filter(|c| c.kind.is_audio()) {
+            let err = |e: &dyn std::fmt::Display| MediaError::Codec(e.to_string());
+            let decoder = if spec.kind == CodecKind::Opus {
+                Decoder::with_audio_rate(spec, mix_rate)
+            } else {
+                Decoder::new(spec)
+            }
+            .map_err(|e| err(&e))?;
+            let resampler = Resampler::new(decoder.audio_rate(), mix_rate).map_err(|e| err(&e))?;
+            formats.push(DirectFormat {
+                payload_type: spec.payload_type,
+                clock_rate: spec.clock_rate.max(1),
+                decoder,
+                resampler,
+            });
+        }
+        Ok(Self {
+            formats,
+            last: None,
+            anchor: None,
+        })
+    }
+
+    /// Whether the packet is new (not a duplicate nor stale); a new stream forgets the
+    /// timestamp mapping.
+    fn accept(&mut self, ssrc: u32, seq: u16) -> bool {
+        match self.last {
+            Some((s, last)) if s == ssrc => {
+                let ahead = seq.wrapping_sub(last);
+                if ahead == 0 || last.wrapping_sub(seq) <= DIRECT_SEQ_JUMP {
+                    return false;
+                }
+                if ahead > DIRECT_SEQ_JUMP {
+                    self.anchor = None;
+                }
+            }
+            _ => self.anchor = None,
+        }
+        self.last = Some((ssrc, seq));
+        true
+    }
+
+    /// The output timestamp of input timestamp `ts` (clock `from`) at clock `to`; `next`
+    /// anchors a new mapping.
+    fn map(&mut self, ts: u32, from: u32, to: u32, next: impl FnOnce() -> u32) -> u32 {
+        let (a_in, a_out) = *self.anchor.get_or_insert_with(|| (ts, next()));
+        let d = i64::from(ts.wrapping_sub(a_in) as i32);
+        let out = a_out.wrapping_add((d * i64::from(to) / i64::from(from.max(1))) as u32);
+        if d > 0 {
+            self.anchor = Some((ts, out));
+        }
+        out
+    }
 }
 
 /// An RFC 4733 digit being received.
@@ -194,6 +300,8 @@ struct Member {
     /// Audio injected for the next frame only (bot speech), mixed into what the leg hears.
     injected: Vec<i16>,
     inject_on: bool,
+    /// The receiving side in direct mode.
+    direct: Option<DirectIn>,
 }
 
 /// A group of listeners sharing one mix (and, for ptime 20, one encoding).
@@ -245,6 +353,14 @@ pub struct MediaCall {
     pending: Vec<PendingDigit>,
     payload: Vec<u8>,
     packet: Vec<u8>,
+    /// Direct mode allowed (nothing outside the call needs its frames).
+    direct_allowed: bool,
+    /// Direct mode could not start with these members (a codec error).
+    direct_failed: bool,
+    /// Transcoding packet by packet now.
+    direct: bool,
+    dec: Vec<i16>,
+    dec_mix: Vec<i16>,
 }
 
 /// Whether RTP timestamp `a` is after `b` (modulo 2^32).
@@ -344,6 +460,11 @@ impl MediaCall {
             pending: Vec::with_capacity(16),
             payload: vec![0; MAX_PAYLOAD],
             packet: vec![0; MAX_PACKET],
+            direct_allowed: true,
+            direct_failed: false,
+            direct: false,
+            dec: vec![0; DIRECT_SAMPLES],
+            dec_mix: vec![0; DIRECT_SAMPLES],
         };
         call.resize_scratch();
         call
@@ -504,6 +625,8 @@ impl MediaCall {
         }
         check_leg_config(&config)?;
         self.now = self.now.max(now);
+        self.leave_direct(self.now);
+        self.direct_failed = false;
         let rate = self.wanted_rate(Some(&config), None).max(8000);
         let input = self.build_input(&config, rate)?;
         let output = LegOutput::new(
@@ -547,6 +670,7 @@ impl MediaCall {
             prev_encoder: leg,
             injected: vec![0; f],
             inject_on: false,
+            direct: None,
             config,
         };
         self.index.insert(leg, self.members.len());
@@ -573,6 +697,8 @@ impl MediaCall {
         let i = self.member_index(leg)?;
         check_leg_config(&config)?;
         self.now = self.now.max(now);
+        self.leave_direct(self.now);
+        self.direct_failed = false;
         let rate = self.wanted_rate(Some(&config), Some(i)).max(8000);
         let old = &self.members[i].config;
         let input = if old.recv == config.recv {
@@ -618,6 +744,11 @@ impl MediaCall {
     /// Removes a leg: from every hears row too; its prompt ends with [`PlayEnd::LegGone`].
     /// Returns where its output stream stopped, for a relay to continue it.
     pub fn remove_leg(&mut self, leg: LegId) -> Option<OutputSeed> {
+        if !self.index.contains_key(&leg) {
+            return None;
+        }
+        self.leave_direct(self.now);
+        self.direct_failed = false;
         let i = self.index.remove(&leg)?;
         let m = self.members.swap_remove(i);
         if let Some(moved) = self.members.get(i) {
@@ -758,12 +889,21 @@ impl MediaCall {
     /// [`DropReason::UnknownPayloadType`] for a payload type the leg did not negotiate, [`DropReason::DtmfBlocked`] for an event
     /// packet of a leg whose DTMF is blocked (its digits are still reported as events, but
     /// passed on to nobody).
+    ///
+    /// The call is in tick mode afterwards (see [`push_rtp_with`](Self::push_rtp_with)).
     pub fn push_rtp(&mut self, now: Micros, leg: LegId, data: &[u8]) -> Result<(), DropReason> {
         let i = self
             .index
             .get(&leg)
             .copied()
             .ok_or(DropReason::UnknownLeg)?;
+        if self.direct {
+            self.leave_direct(now.max(self.now));
+        }
+        self.push_rtp_tick(now, i, data)
+    }
+
+    fn push_rtp_tick(&mut self, now: Micros, i: usize, data: &[u8]) -> Result<(), DropReason> {
         let packet = RtpPacket::parse(data).map_err(|e| e.reason())?;
         self.now = self.now.max(now);
         let pt = packet.payload_type().get();
@@ -789,6 +929,268 @@ impl MediaCall {
         } else {
             Err(DropReason::UnknownPayloadType)
         }
+    }
+
+    /// Allows (or forbids) direct mode; forbid it while something outside the call needs
+    /// its frames every tick (media forks, analytics, injected bot audio). Allowed by
+    /// default; takes effect at the next [`push_rtp_with`](Self::push_rtp_with) or
+    /// [`tick`](Self::tick).
+    pub fn set_direct_allowed(&mut self, allowed: bool) {
+        self.direct_allowed = allowed;
+    }
+
+    /// Whether the call transcodes packet by packet now.
+    #[must_use]
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Whether the call may transcode packet by packet: two members hearing each other
+    /// and nothing else (no prompt, tone, digit being sent, injected audio, gain, mute or
+    /// deafness), and every leg sending RFC 4733 events to a leg that takes them.
+    fn direct_ok(&self) -> bool {
+        if !self.direct_allowed
+            || self.direct_failed
+            || self.members.len() != 2
+            || self.call_prompt.is_some()
+        {
+            return false;
+        }
+        let (a, b) = (&self.members[0], &self.members[1]);
+        [(a, b), (b, a)].iter().all(|(m, o)| {
+            m.hears_all
+                && !m.deaf
+                && !m.muted
+                && m.gain == 1.0
+                && m.prompt.is_none()
+                && m.tone.is_none()
+                && m.tone_queue.is_empty()
+                && !m.inject_on
+                && !m.output.events_busy()
+                && (m.config.recv_events.is_none() || o.output.takes_events())
+        })
+    }
+
+    fn enter_direct(&mut self) -> bool {
+        let rate = self.mix_rate;
+        for i in 0..self.members.len() {
+            match DirectIn::new(&self.members[i].config, rate) {
+                Ok(d) => self.members[i].direct = Some(d),
+                Err(_) => {
+                    for m in &mut self.members {
+                        m.direct = None;
+                    }
+                    self.direct_failed = true;
+                    return false;
+                }
+            }
+        }
+        for m in &mut self.members {
+            // What the jitter buffer holds is not played: direct packets follow at once.
+            m.input.reset();
+            m.output.enter_direct();
+            m.kind = FrameKind::Silence;
+        }
+        self.direct = true;
+        self.stats.direct = true;
+        true
+    }
+
+    fn leave_direct(&mut self, now: Micros) {
+        if !self.direct {
+            return;
+        }
+        self.direct = false;
+        self.stats.direct = false;
+        for m in &mut self.members {
+            m.direct = None;
+            m.input.reset();
+            m.output.leave_direct(now);
+        }
+    }
+
+    /// Takes one RTP packet from a leg. In tick mode this is [`push_rtp`](Self::push_rtp).
+    /// While the call may transcode packet by packet (two members hearing only each other,
+    /// see [`set_direct_allowed`](Self::set_direct_allowed)) an audio packet is decoded,
+    /// resampled and encoded for the other leg at once and its packets (as many as complete
+    /// the other leg's ptime) go out through `send`, on the other leg's stream (its SSRC,
+    /// next sequence numbers, timestamps following the input's); RFC 4733 packets pass
+    /// through with the other leg's payload type. Duplicate and stale packets are dropped;
+    /// losses are left to the receiver's concealment. The ticks send nothing then.
+    ///
+    /// # Errors
+    ///
+    /// As [`push_rtp`](Self::push_rtp).
+    pub fn push_rtp_with(
+        &mut self,
+        now: Micros,
+        leg: LegId,
+        data: &[u8],
+        send: &mut dyn FnMut(LegId, &[u8]),
+    ) -> Result<(), DropReason> {
+        let i = self
+            .index
+            .get(&leg)
+            .copied()
+            .ok_or(DropReason::UnknownLeg)?;
+        let want = self.direct_ok();
+        if want != self.direct {
+            if want {
+                self.enter_direct();
+            } else {
+                self.leave_direct(now.max(self.now));
+            }
+        }
+        if !self.direct {
+            return self.push_rtp_tick(now, i, data);
+        }
+        self.push_direct(now, i, data, send)
+    }
+
+    fn push_direct(
+        &mut self,
+        now: Micros,
+        i: usize,
+        data: &[u8],
+        send: &mut dyn FnMut(LegId, &[u8]),
+    ) -> Result<(), DropReason> {
+        let packet = RtpPacket::parse(data).map_err(|e| e.reason())?;
+        self.now = self.now.max(now);
+        let o = 1 - i;
+        let pt = packet.payload_type().get();
+        let ts = packet.timestamp().0;
+        let (is_event, in_clock) = {
+            let m = &self.members[i];
+            if m.config.recv_events == Some(pt) {
+                (true, m.events_clock)
+            } else {
+                let Some(f) = m
+                    .direct
+                    .as_ref()
+                    .and_then(|d| d.formats.iter().find(|f| f.payload_type == pt))
+                else {
+                    return Err(DropReason::UnknownPayloadType);
+                };
+                (false, f.clock_rate)
+            }
+        };
+        let Some(d) = self.members[i].direct.as_mut() else {
+            return Ok(());
+        };
+        if !d.accept(packet.ssrc().0, packet.sequence_number()) {
+            self.stats.direct_dropped += 1;
+            return Ok(());
+        }
+        let out_leg = self.members[o].leg;
+        let out_clock = self.members[o].output.spec().clock_rate;
+        let now_out = self.now;
+        let (left, right) = self.members.split_at_mut(1);
+        let (m, other) = if i == 0 {
+            (&mut left[0], &mut right[0])
+        } else {
+            (&mut right[0], &mut left[0])
+        };
+        let Some(d) = m.direct.as_mut() else {
+            return Ok(());
+        };
+        let out_ts = d.map(ts, in_clock, out_clock, || {
+            other.output.next_timestamp(now_out)
+        });
+        if is_event {
+            let blocked = m.dtmf_blocked;
+            let parsed = TelephoneEvent::parse(packet.payload());
+            if !blocked && parsed.is_ok() {
+                let mut ev = [0u8; 64];
+                let p = packet.payload();
+                let n = p.len().min(ev.len());
+                ev[..n].copy_from_slice(&p[..n]);
+                if in_clock != out_clock {
+                    // Event durations are in RTP clock units.
+                    for block in ev[..n].chunks_exact_mut(4) {
+                        let dur = u64::from(u16::from_be_bytes([block[2], block[3]]));
+                        let dur = dur * u64::from(out_clock) / u64::from(in_clock.max(1));
+                        let dur = u16::try_from(dur).unwrap_or(u16::MAX).to_be_bytes();
+                        block[2] = dur[0];
+                        block[3] = dur[1];
+                    }
+                }
+                let sent = other.output.send_event_direct(
+                    now,
+                    &ev[..n],
+                    out_ts,
+                    packet.marker(),
+                    &mut self.packet,
+                    &mut |b| send(out_leg, b),
+                );
+                if sent {
+                    self.stats.packets_sent += 1;
+                    self.stats.direct_packets += 1;
+                }
+            }
+            if let Ok(ev) = parsed {
+                self.receive_event(now, i, ts, ev);
+            }
+            return if blocked {
+                Err(DropReason::DtmfBlocked)
+            } else {
+                Ok(())
+            };
+        }
+        let Some(f) = d.formats.iter_mut().find(|f| f.payload_type == pt) else {
+            return Err(DropReason::UnknownPayloadType);
+        };
+        let Ok(n) = f.decoder.decode(packet.payload(), &mut self.dec) else {
+            // Treated as lost: the receiver conceals.
+            return Ok(());
+        };
+        let n = n.min(self.dec.len());
+        let got = f.resampler.process(&self.dec[..n], &mut self.dec_mix);
+        let pcm = &self.dec_mix[..got];
+        let sent = other.output.push_direct(
+            now,
+            pcm,
+            out_ts,
+            &mut self.payload,
+            &mut self.packet,
+            &mut |b| send(out_leg, b),
+        );
+        self.stats.packets_sent += u64::from(sent);
+        self.stats.direct_packets += u64::from(sent);
+        // Voice activity and in-band digits, as the tick would track them.
+        let leg = m.leg;
+        if let Some(vad) = m.vad.as_mut().filter(|_| got > 0) {
+            if let Some(t) = vad.process(pcm).transition {
+                let talking = t == VadTransition::StartedTalking;
+                m.talking = talking;
+                self.push_event(MediaEvent::Talking { leg, talking });
+            }
+        }
+        let m = &mut self.members[i];
+        if let Some(det) = m.detector.as_mut() {
+            self.pending.clear();
+            let start = &mut m.inband_start;
+            let pending = &mut self.pending;
+            det.process(&self.dec_mix[..got], |ev| match ev {
+                DtmfEvent::Begin(d) => *start = d.start_sample,
+                DtmfEvent::End { digit, end_sample } => {
+                    let samples = end_sample.saturating_sub(*start);
+                    pending.push(PendingDigit {
+                        member: i as u32,
+                        digit,
+                        duration_ms: u32::try_from(samples).unwrap_or(u32::MAX),
+                        source: DtmfSource::InBand,
+                    });
+                }
+                _ => {}
+            });
+            let rate = self.mix_rate;
+            for k in 0..self.pending.len() {
+                let mut d = self.pending[k];
+                d.duration_ms = (u64::from(d.duration_ms) * 1000 / u64::from(rate)) as u32;
+                self.on_digit(d);
+            }
+        }
+        Ok(())
     }
 
     fn receive_event(&mut self, now: Micros, i: usize, timestamp: u32, ev: TelephoneEvent) {
@@ -893,7 +1295,8 @@ impl MediaCall {
                 reason: PlayEnd::Dtmf,
             });
         }
-        if !forward {
+        // In direct mode RFC 4733 packets pass through and in-band digits are in the audio.
+        if !forward || self.direct {
             return;
         }
         let duration_ms = d.duration_ms.clamp(DTMF_DURATION_MS.0, DTMF_DURATION_MS.1);
@@ -1059,6 +1462,7 @@ impl MediaCall {
             mix_rate: self.mix_rate,
             prompts: usize::from(self.call_prompt.is_some())
                 + self.members.iter().filter(|m| m.prompt.is_some()).count(),
+            direct: self.direct,
             ..self.stats
         }
     }
@@ -1067,6 +1471,14 @@ impl MediaCall {
     #[must_use]
     pub fn input_stats(&self, leg: LegId) -> Option<&InputStats> {
         self.index.get(&leg).map(|&i| self.members[i].input.stats())
+    }
+
+    /// The codec a leg is sent (its negotiated audio codec).
+    #[must_use]
+    pub fn send_codec(&self, leg: LegId) -> Option<CodecKind> {
+        self.index
+            .get(&leg)
+            .map(|&i| self.members[i].config.send.kind)
     }
 
     /// Samples in one 20 ms frame at the mixing rate.
@@ -1121,6 +1533,17 @@ impl MediaCall {
     pub fn tick(&mut self, now: Micros, send: &mut dyn FnMut(LegId, &[u8])) {
         self.now = self.now.max(now);
         self.stats.frames += 1;
+        if self.direct {
+            if self.direct_ok() {
+                // Packets went out as they came: nothing to mix or send.
+                self.expire_events(now);
+                self.stats.talkers_mixed = 0;
+                self.stats.encodes = 0;
+                self.stats.groups = 0;
+                return;
+            }
+            self.leave_direct(self.now);
+        }
         self.read_inputs(now);
         self.expire_events(now);
         self.select_talkers();

@@ -90,6 +90,13 @@ pub struct LegOutput {
     event: Option<EventState>,
     /// Frames left in the gap after an event.
     gap_frames: u32,
+    /// Least timestamp advance when the stream continues from its seed (the length of the
+    /// last packet sent in direct mode; 0 for a seed from elsewhere).
+    min_advance: u32,
+    /// Direct mode: samples at the mixing rate gathered in `acc` for the next packet.
+    direct_len: usize,
+    /// Direct mode: timestamp of `acc[0]`.
+    direct_ts: u32,
 }
 
 /// Random-looking but deterministic values from a seed (SplitMix64).
@@ -168,6 +175,9 @@ impl LegOutput {
             }),
             event: None,
             gap_frames: 0,
+            min_advance: 0,
+            direct_len: 0,
+            direct_ts: 0,
         })
     }
 
@@ -202,6 +212,7 @@ impl LegOutput {
         self.acc = vec![0; (mix_rate / 1000 * self.ptime_ms) as usize];
         self.resampled = vec![0; self.encoder.frame().samples];
         self.acc_frames = 0;
+        self.direct_len = 0;
         Ok(())
     }
 
@@ -334,7 +345,8 @@ impl LegOutput {
             if let Some(seed) = self.seed {
                 let elapsed = now.0.saturating_sub(seed.at.0);
                 let ticks = u128::from(elapsed) * u128::from(self.spec.clock_rate) / 1_000_000;
-                self.frame_ts = seed.timestamp.wrapping_add(ticks as u32);
+                let ticks = (ticks as u32).max(self.min_advance);
+                self.frame_ts = seed.timestamp.wrapping_add(ticks);
             }
         }
         if self.frame_in_packet == 0 {
@@ -354,6 +366,128 @@ impl LegOutput {
             self.marker_pending = false;
         }
         self.frame_ts = self.frame_ts.wrapping_add(self.frame_ticks());
+    }
+
+    /// RTP clock ticks in one packet.
+    fn packet_ticks(&self) -> u32 {
+        self.spec.clock_ticks(self.ptime_ms)
+    }
+
+    /// The timestamp a packet sent at `now` continues the stream with: the last one sent
+    /// advanced by the time elapsed, and at least by that packet's length.
+    #[must_use]
+    pub fn next_timestamp(&self, now: Micros) -> u32 {
+        let seed = self.seed(now);
+        let elapsed = now.0.saturating_sub(seed.at.0);
+        let ticks = u128::from(elapsed) * u128::from(self.spec.clock_rate) / 1_000_000;
+        let least = if self.last_sent.is_some() {
+            self.packet_ticks()
+        } else {
+            self.min_advance
+        };
+        seed.timestamp
+            .wrapping_add(u32::try_from(ticks).unwrap_or(u32::MAX).max(least))
+    }
+
+    /// Starts direct mode: audio comes through [`push_direct`](Self::push_direct) instead
+    /// of frames.
+    pub fn enter_direct(&mut self) {
+        self.direct_len = 0;
+        self.acc_frames = 0;
+    }
+
+    /// Ends direct mode: the next [`emit`](Self::emit) continues the stream from the last
+    /// packet sent (same SSRC, next sequence number, timestamp advanced by the time elapsed
+    /// and at least by that packet's length).
+    pub fn leave_direct(&mut self, now: Micros) {
+        if self.last_sent.is_some() {
+            self.seed = Some(self.seed(now));
+            self.min_advance = self.packet_ticks();
+            self.started = false;
+        }
+        self.frame_in_packet = 0;
+        self.acc_frames = 0;
+        self.direct_len = 0;
+    }
+
+    /// Direct mode: adds decoded audio at the mixing rate whose first sample has stream
+    /// timestamp `ts`; each packet completed is encoded and sent at once. A gap in the
+    /// timestamps drops the partial packet. Returns the packets sent.
+    pub fn push_direct(
+        &mut self,
+        now: Micros,
+        pcm: &[i16],
+        ts: u32,
+        payload: &mut [u8],
+        buf: &mut [u8],
+        send: &mut dyn FnMut(&[u8]),
+    ) -> u32 {
+        let cap = self.acc.len();
+        let to_ticks = |n: usize, s: &Self| -> u32 {
+            (n as u64 * u64::from(s.spec.clock_rate) / u64::from(s.mix_rate.max(1))) as u32
+        };
+        if self.direct_len > 0 {
+            let expect = self.direct_ts.wrapping_add(to_ticks(self.direct_len, self));
+            let off = ts.wrapping_sub(expect) as i32;
+            if off.unsigned_abs() > self.spec.clock_ticks(5) {
+                self.direct_len = 0;
+            }
+        }
+        if self.direct_len == 0 {
+            self.direct_ts = ts;
+        }
+        let mut sent = 0;
+        let mut rest = pcm;
+        while !rest.is_empty() && cap > 0 {
+            let take = (cap - self.direct_len).min(rest.len());
+            let start = self.direct_len;
+            self.acc[start..start + take].copy_from_slice(&rest[..take]);
+            self.direct_len += take;
+            rest = &rest[take..];
+            if self.direct_len < cap {
+                break;
+            }
+            self.direct_len = 0;
+            let input: &[i16] = match self.resampler.as_mut() {
+                Some(r) => {
+                    let got = r.process(&self.acc, &mut self.resampled);
+                    self.resampled[got..].fill(0);
+                    &self.resampled
+                }
+                None => &self.acc,
+            };
+            let ts = self.direct_ts;
+            self.direct_ts = ts.wrapping_add(self.packet_ticks());
+            if let Ok(n) = self.encoder.encode(input, payload) {
+                if let Some(p) = payload.get(..n) {
+                    let pt = PayloadType::from_masked(self.spec.payload_type);
+                    self.write(now, pt, ts, self.marker_pending, p, buf, send);
+                    self.marker_pending = false;
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    /// Direct mode: sends an RFC 4733 payload as it came, with the leg's `telephone-event`
+    /// payload type. Returns false when the leg takes no events.
+    pub fn send_event_direct(
+        &mut self,
+        now: Micros,
+        payload: &[u8],
+        ts: u32,
+        marker: bool,
+        buf: &mut [u8],
+        send: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        let Some(pt) = self.events_pt else {
+            return false;
+        };
+        let pt = PayloadType::from_masked(pt);
+        self.write(now, pt, ts, marker, payload, buf, send);
+        self.marker_pending = false;
+        true
     }
 
     fn start_event_if_due(&mut self) {
