@@ -28,10 +28,11 @@ BIN=$TARGET_DIR/release
 LOAD=$BIN/switchboard-load
 
 # Ports: each server has its own NG/control/HTTP ports and media range.
-# PORT_BASE moves all of them (default 22200: NG/control/HTTP on 22200-22212, media on
-# 30000-59999 for the default).
+# PORT_BASE moves all of them (default 22200: NG/control/HTTP on 22200-22212). Media ranges,
+# from MEDIA_BASE (default 10000): Switchboard io_uring +0..+19999 (10,000 pairs: a 4,000-call
+# ramp step needs 8,000), Switchboard epoll +20000..+34999, rtpengine +35000..+54999.
 PORT_BASE=${PORT_BASE:-22200}
-MEDIA_BASE=${MEDIA_BASE:-30000}
+MEDIA_BASE=${MEDIA_BASE:-10000}
 RTPE_NG=127.0.0.1:$((PORT_BASE))
 SB_NG=127.0.0.1:$((PORT_BASE + 1)) SB_CTL=127.0.0.1:$((PORT_BASE + 2))
 SB_HTTP=127.0.0.1:$((PORT_BASE + 3))
@@ -66,19 +67,22 @@ started() { # NAME PID: fails when the process died at start
 }
 
 rtpengine --config-file=none --table=-1 --interface=127.0.0.1 --listen-ng=$RTPE_NG \
-  --port-min=$((MEDIA_BASE + 20000)) --port-max=$((MEDIA_BASE + 29999)) --foreground \
+  --port-min=$((MEDIA_BASE + 35000)) --port-max=$((MEDIA_BASE + 54999)) --foreground \
   --log-stderr --log-level=3 \
   >"$OUT/rtpengine.server.log" 2>&1 &
 RTPE=$!; pids+=("$RTPE"); started rtpengine "$RTPE"
 mkdir -p "$state/uring" "$state/epoll"
+# Ramp steps follow each other within seconds: a 1 s port quarantine (default 5 s) keeps the
+# pairs of the step before from crowding the next one out of the range.
+printf '[media]\nport_quarantine = 1\n' >"$state/bench.toml"
 "$BIN/switchboard" serve --driver io_uring --listen-ng $SB_NG --listen-control $SB_CTL \
-  --listen-http $SB_HTTP --port-min $MEDIA_BASE --port-max $((MEDIA_BASE + 9999)) \
-  --state-dir "$state/uring" \
+  --listen-http $SB_HTTP --port-min $MEDIA_BASE --port-max $((MEDIA_BASE + 19999)) \
+  --state-dir "$state/uring" --config "$state/bench.toml" \
   >"$OUT/switchboard-io_uring.server.log" 2>&1 &
 SB=$!; pids+=("$SB"); started switchboard-io_uring "$SB"
 "$BIN/switchboard" serve --driver epoll --listen-ng $EP_NG --listen-control $EP_CTL \
-  --listen-http $EP_HTTP --port-min $((MEDIA_BASE + 10000)) --port-max $((MEDIA_BASE + 19999)) \
-  --state-dir "$state/epoll" \
+  --listen-http $EP_HTTP --port-min $((MEDIA_BASE + 20000)) --port-max $((MEDIA_BASE + 34999)) \
+  --state-dir "$state/epoll" --config "$state/bench.toml" \
   >"$OUT/switchboard-epoll.server.log" 2>&1 &
 EP=$!; pids+=("$EP"); started switchboard-epoll "$EP"
 
@@ -100,6 +104,7 @@ run() {
   shown=${shown//--pid $EP /--pid \$SWITCHBOARD_EPOLL_PID }
   echo "$shown" >>"$OUT/commands.txt"
   echo "== $name: $*" >&2
+  sleep 2 # the previous run's ports leave quarantine
   if "$LOAD" --json --svg "$OUT/svg/$name" "$@" >"$OUT/$name.json.tmp" 2>"$OUT/$name.log"; then
     mv "$OUT/$name.json.tmp" "$OUT/$name.json"
     tail -n 2 "$OUT/$name.log" >&2 || true
