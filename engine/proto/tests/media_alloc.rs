@@ -3,13 +3,10 @@
 //! mixed codecs (PCMU, Opus, PCMA; the Opus encoder's own C allocations are not counted) and
 //! a twelve-member room run for hundreds of frames without one allocation.
 
-// A global allocator is an `unsafe impl` by definition; this test binary is the only place in
-// the media tests that needs one.
+// The counting allocator (support/counting_alloc.rs) is an `unsafe impl` by definition;
+// only the zero-allocation test binaries include it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unsafe_code)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
 use switchboard_codecs::codec::{CodecKind, CodecSpec, Encoder};
 use switchboard_codecs::tone::{ToneGenerator, ToneLevel};
@@ -18,47 +15,10 @@ use switchboard_proto::relay::LegId;
 use switchboard_proto::rtp::{PayloadType, RtpHeaderWriter, RtpTimestamp, Ssrc};
 use switchboard_proto::time::Micros;
 
-thread_local! {
-    /// Allocations made by this thread; const-initialised, so reading it never allocates.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-struct Counting;
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is exactly `System`'s; the counter is a thread-local `Cell` touched
-// without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same layout as our caller gave, per `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: `ptr` was allocated by `System` through this wrapper with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this wrapper with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+use counting_alloc::allocations;
 
 fn cfg(kind: CodecKind) -> MediaLegConfig {
     MediaLegConfig {

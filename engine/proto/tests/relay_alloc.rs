@@ -2,13 +2,11 @@
 //! system one, and 10,000 calls after warm-up (RTP both ways, RTCP on both ports and muxed,
 //! malformed, strict-source and unknown-leg drops) must not allocate once.
 
-// A global allocator is an `unsafe impl` by definition; this test binary is the only place in
-// the crate that needs one.
+// The counting allocator (support/counting_alloc.rs) is an `unsafe impl` by definition;
+// only the zero-allocation test binaries include it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::net::SocketAddr;
 
 use switchboard_proto::relay::{Component, LegConfig, LegId, Relay, RelayConfig};
@@ -16,47 +14,10 @@ use switchboard_proto::rtcp::{NtpTime, ReceiverReportWriter, ReportBlock, Sender
 use switchboard_proto::rtp::{PayloadType, RtpHeaderWriter, RtpTimestamp, Ssrc};
 use switchboard_proto::time::Micros;
 
-thread_local! {
-    /// Allocations made by this thread; const-initialised, so reading it never allocates.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
-struct Counting;
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract is exactly `System`'s; the counter is a thread-local `Cell` touched
-// without allocating.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: same layout as our caller gave, per `GlobalAlloc::alloc`'s contract.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: as for `alloc`.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|c| c.set(c.get() + 1));
-        // SAFETY: `ptr` was allocated by `System` through this wrapper with `layout`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` was allocated by `System` through this wrapper with `layout`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
+use counting_alloc::allocations;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

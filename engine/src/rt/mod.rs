@@ -470,6 +470,43 @@ pub fn pin_to_core(index: usize) -> bool {
     pinned
 }
 
+/// Checks [`Driver::take`] the same way for every driver: the taken socket keeps its port, its
+/// token goes stale at once, a datagram sent while it moves waits in the kernel for its next
+/// owner, and the old driver delivers nothing more.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+pub(crate) fn check_take_hands_a_socket_over<D: Driver>(mut old: D, mut new: D) {
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let local = socket.local_addr().unwrap();
+    let token = old.register(socket).unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = old.take(token).unwrap();
+    assert_eq!(taken.local_addr().unwrap(), local);
+    assert!(old.take(token).is_err(), "a taken token is stale");
+    assert!(old.local_addr(token).is_none());
+    // Sent while the socket moves: queued in the kernel for its next owner.
+    peer.send_to(b"while moving", local).unwrap();
+    let moved = new.register(taken).unwrap();
+    assert_eq!(new.local_addr(moved), Some(local));
+    peer.send_to(b"after", local).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        // The old driver reaps its cancellation and must deliver nothing.
+        old.poll(Some(Duration::from_millis(1)), |_, _| {
+            panic!("delivered after take")
+        })
+        .unwrap();
+        new.poll(Some(Duration::from_millis(10)), |d, _| {
+            got.push(d.data.to_vec())
+        })
+        .unwrap();
+        if got.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(got, vec![b"while moving".to_vec(), b"after".to_vec()]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
