@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -49,7 +49,9 @@ use crate::media::{Codec, Frames, Source, Speech};
 use crate::native::NativeClient;
 use crate::ng::{CallIds, NgClient, NgConfig};
 use crate::ramp::{self, RampArgs};
-use crate::relay::{Live, Timeline, media_note, sleep_interruptible, watch_window};
+use crate::relay::{
+    Live, Timeline, WorkerOutcome, join_workers, media_note, sleep_interruptible, watch_window,
+};
 use crate::report::{
     ControlFigures, Figures, Measurement, PacketCounts, Report, RunReport, TargetReport,
 };
@@ -1017,22 +1019,7 @@ pub(crate) fn run_once(
         m.mix_members = rx_streams;
         m.mix_rate = FRAME_RATE;
     }
-    let mut worker_error = None;
-    for h in handles_t {
-        match h.join() {
-            Ok(Ok(out)) => {
-                m.packets.add(&out.packets);
-                m.window_received += out.window_received;
-                m.window_sent += out.window_sent;
-                let _ = m.latency_us.add(&out.latency_us);
-                let _ = m.send_lag_us.add(&out.send_lag_us);
-                m.jitter_us_sum += out.jitter_us_sum;
-                m.jitter_streams += out.jitter_streams;
-            }
-            Ok(Err(e)) => worker_error = Some(e),
-            Err(_) => worker_error = Some(anyhow!("a media thread panicked")),
-        }
-    }
+    let worker_error = join_workers(handles_t, &mut m);
     say(format!("deleting {calls} calls"));
     let (deleted, delete_failures) = tear_down(&mut control, &handles);
     let (requests, retries) = control.requests();
@@ -1049,17 +1036,6 @@ pub(crate) fn run_once(
     }
     m.cpu = Some(watched?);
     Ok(m)
-}
-
-/// What a worker hands back.
-struct WorkerOutcome {
-    packets: PacketCounts,
-    window_received: u64,
-    window_sent: u64,
-    latency_us: Histogram<u64>,
-    send_lag_us: Histogram<u64>,
-    jitter_us_sum: f64,
-    jitter_streams: u64,
 }
 
 struct Worker {

@@ -459,16 +459,41 @@ pub(crate) struct Live {
     pub(crate) received: AtomicU64,
 }
 
-/// What a worker hands back.
+/// What a media thread hands back (relayed and mixed scenarios alike).
 #[derive(Debug)]
-struct WorkerOutcome {
-    packets: PacketCounts,
-    window_received: u64,
-    window_sent: u64,
-    latency_us: Histogram<u64>,
-    send_lag_us: Histogram<u64>,
-    jitter_us_sum: f64,
-    jitter_streams: u64,
+pub(crate) struct WorkerOutcome {
+    pub(crate) packets: PacketCounts,
+    pub(crate) window_received: u64,
+    pub(crate) window_sent: u64,
+    pub(crate) latency_us: Histogram<u64>,
+    pub(crate) send_lag_us: Histogram<u64>,
+    pub(crate) jitter_us_sum: f64,
+    pub(crate) jitter_streams: u64,
+}
+
+/// Waits for the media threads and adds what each measured to `m`; returns the last error
+/// (a thread's own, or a panic).
+pub(crate) fn join_workers(
+    handles: Vec<thread::JoinHandle<Result<WorkerOutcome>>>,
+    m: &mut Measurement,
+) -> Option<anyhow::Error> {
+    let mut worker_error = None;
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(out)) => {
+                m.packets.add(&out.packets);
+                m.window_received += out.window_received;
+                m.window_sent += out.window_sent;
+                let _ = m.latency_us.add(&out.latency_us);
+                let _ = m.send_lag_us.add(&out.send_lag_us);
+                m.jitter_us_sum += out.jitter_us_sum;
+                m.jitter_streams += out.jitter_streams;
+            }
+            Ok(Err(e)) => worker_error = Some(e),
+            Err(_) => worker_error = Some(anyhow!("a media thread panicked")),
+        }
+    }
+    worker_error
 }
 
 /// A media thread: its calls' streams, their sockets, batches and counters.
@@ -963,22 +988,7 @@ fn run_once(
     }
 
     let mut m = Measurement::new(calls as u64, 2 * calls as u64);
-    let mut worker_error = None;
-    for handle in handles {
-        match handle.join() {
-            Ok(Ok(out)) => {
-                m.packets.add(&out.packets);
-                m.window_received += out.window_received;
-                m.window_sent += out.window_sent;
-                let _ = m.latency_us.add(&out.latency_us);
-                let _ = m.send_lag_us.add(&out.send_lag_us);
-                m.jitter_us_sum += out.jitter_us_sum;
-                m.jitter_streams += out.jitter_streams;
-            }
-            Ok(Err(e)) => worker_error = Some(e),
-            Err(_) => worker_error = Some(anyhow!("a media thread panicked")),
-        }
-    }
+    let worker_error = join_workers(handles, &mut m);
 
     say(format!("deleting {calls} calls"));
     let (deleted, delete_failures) = delete_calls(&mut ng, &ids_set_up);

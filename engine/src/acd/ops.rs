@@ -475,10 +475,10 @@ pub struct TaskDef {
     /// Opaque context handed to the agent.
     #[serde(default)]
     pub context: Option<Value>,
-    /// Voice: the customer's NG call-id.
+    /// Voice: the customer's call (an NG call-id or a native call).
     #[serde(default)]
     pub call: Option<String>,
-    /// Voice: the customer's leg (its NG tag) in that call.
+    /// Voice: the customer's leg in that call (its NG tag or native leg name).
     #[serde(default)]
     pub leg: Option<String>,
     /// Voice: have the engine bridge the customer to the agent on accept.
